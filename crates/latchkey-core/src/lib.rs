@@ -1,0 +1,26 @@
+//! Latchkey's domain: identifiers, roles and methods, the clock, tokens and their keyed
+//! hashes, AEAD sealing of secrets, password hashing, TOTP (RFC 6238), email one-time codes,
+//! and the pure rules of the product (lockout, send windows, sign-in throttling).
+//!
+//! Nothing here does IO or reads the system clock on its own: callers read the clock once at
+//! the edge (see [`clock::Clock`]) and pass `now` down, so every rule is a pure function of
+//! `(state, now)` and is tested with fixed times.
+
+pub mod audit;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod email;
+pub mod ids;
+pub mod metrics;
+pub mod otp;
+pub mod password;
+pub mod role;
+pub mod totp;
+
+pub use audit::AuditKind;
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{Config, Limits};
+pub use crypto::{Keys, SecretToken, ServerKey};
+pub use ids::*;
+pub use role::{Method, MethodSet, Role};

@@ -1,0 +1,197 @@
+//! Roles of tenant users and second-factor methods.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A user's role within a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Manages the tenant: 2FA policy, users, recovery requests.
+    Admin,
+    /// A supervisor of agents (no administration rights in Latchkey).
+    Supervisor,
+    /// A customer-service agent.
+    Agent,
+}
+
+impl Role {
+    /// All roles, in the order the settings list them.
+    pub const ALL: [Role; 3] = [Role::Admin, Role::Supervisor, Role::Agent];
+
+    /// The wire name (`admin`, `supervisor`, `agent`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Supervisor => "supervisor",
+            Role::Agent => "agent",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing an unknown role or method name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} `{value}`")]
+pub struct UnknownName {
+    kind: &'static str,
+    value: String,
+}
+
+impl UnknownName {
+    /// The error for `value`, an unknown name of `kind`.
+    pub fn new(kind: &'static str, value: &str) -> Self {
+        Self { kind, value: value.to_owned() }
+    }
+}
+
+impl FromStr for Role {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "supervisor" => Ok(Role::Supervisor),
+            "agent" => Ok(Role::Agent),
+            _ => Err(UnknownName { kind: "role", value: s.to_owned() }),
+        }
+    }
+}
+
+/// A second-factor method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// An authenticator app producing TOTP codes (RFC 6238).
+    Authenticator,
+    /// A one-time code sent to the user's registered email address.
+    Email,
+}
+
+impl Method {
+    /// Both methods, in display order.
+    pub const ALL: [Method; 2] = [Method::Authenticator, Method::Email];
+
+    /// The wire name (`authenticator`, `email`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Authenticator => "authenticator",
+            Method::Email => "email",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Method::Authenticator => 1,
+            Method::Email => 2,
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Method {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "authenticator" => Ok(Method::Authenticator),
+            "email" => Ok(Method::Email),
+            _ => Err(UnknownName { kind: "method", value: s.to_owned() }),
+        }
+    }
+}
+
+/// A set of methods, stored as a bit mask (1 = authenticator, 2 = email).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct MethodSet(u8);
+
+impl MethodSet {
+    /// No method.
+    pub const EMPTY: MethodSet = MethodSet(0);
+    /// Both methods (the default per role).
+    pub const BOTH: MethodSet = MethodSet(3);
+
+    /// The set from its stored bit mask; unknown bits are dropped.
+    pub fn from_bits(bits: i32) -> Self {
+        // Only the two known bits survive, so the cast cannot lose a method.
+        Self((bits & 3) as u8)
+    }
+
+    /// The stored bit mask.
+    pub fn bits(self) -> i32 {
+        i32::from(self.0)
+    }
+
+    /// Whether `method` is in the set.
+    pub fn contains(self, method: Method) -> bool {
+        self.0 & method.bit() != 0
+    }
+
+    /// The set with `method` added.
+    pub fn with(self, method: Method) -> Self {
+        Self(self.0 | method.bit())
+    }
+
+    /// Methods in both sets.
+    pub fn intersect(self, other: MethodSet) -> Self {
+        Self(self.0 & other.0)
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The methods, in display order.
+    pub fn to_vec(self) -> Vec<Method> {
+        Method::ALL.into_iter().filter(|m| self.contains(*m)).collect()
+    }
+}
+
+impl FromIterator<Method> for MethodSet {
+    fn from_iter<I: IntoIterator<Item = Method>>(iter: I) -> Self {
+        iter.into_iter().fold(MethodSet::EMPTY, MethodSet::with)
+    }
+}
+
+impl fmt::Debug for MethodSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.to_vec()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_sets() {
+        let email: MethodSet = [Method::Email].into_iter().collect();
+        assert!(email.contains(Method::Email) && !email.contains(Method::Authenticator));
+        assert_eq!(MethodSet::BOTH.intersect(email), email);
+        assert_eq!(MethodSet::from_bits(MethodSet::BOTH.bits()), MethodSet::BOTH);
+        assert_eq!(MethodSet::BOTH.to_vec(), vec![Method::Authenticator, Method::Email]);
+        assert!(MethodSet::from_bits(4).is_empty());
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for r in Role::ALL {
+            assert_eq!(r.as_str().parse::<Role>().ok(), Some(r));
+        }
+        for m in Method::ALL {
+            assert_eq!(m.as_str().parse::<Method>().ok(), Some(m));
+        }
+        assert!("root".parse::<Role>().is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! Latchkey's storage: the diesel schema, the records, and one repository module per table,
+//! on Postgres or SQLite through one `MultiConnection` ([`DbConn`]).
+//!
+//! Database work is blocking: [`Store::run`] and [`Store::write`] move it to the blocking
+//! thread pool, so it never runs on an event loop or inside an actor's handler.
+//! Limits are kept by [`write_tx`]: a transaction that serialises writers per user (a row
+//! lock on Postgres, `BEGIN IMMEDIATE` on SQLite), in which a caller reads the state, applies
+//! a pure rule and writes the result, so two processes on one database never exceed a limit.
+
+mod conn;
+pub mod error;
+pub mod model;
+pub mod repo;
+pub mod schema;
+
+pub use conn::{Backend, ConnManager, DbConn, Pool, connect, run_migrations, write_tx};
+pub use error::{StoreError, StoreResult};
+
+/// A pooled connection to the database.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Connects to `url` (`postgres://…` or `sqlite://path`), runs the migrations and keeps
+    /// a pool of at most `pool_size` connections. Blocking: call at start-up.
+    pub fn open(url: &str, pool_size: u32) -> StoreResult<Self> {
+        let (backend, _) = Backend::of(url)?;
+        let pool = connect(url, pool_size)?;
+        Ok(Self { pool, backend })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs `f` with a pooled connection, on the current thread (CLI and tests only).
+    pub fn run_blocking<T>(&self, f: impl FnOnce(&mut DbConn) -> StoreResult<T>) -> StoreResult<T> {
+        let mut conn = self.pool.get().map_err(|e| StoreError::Pool(e.to_string()))?;
+        f(&mut conn)
+    }
+
+    /// Runs `f` with a pooled connection on the blocking thread pool.
+    pub async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        F: FnOnce(&mut DbConn) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get().map_err(|e| StoreError::Pool(e.to_string()))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Runs `f` in a [`write_tx`] on the blocking thread pool.
+    pub async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        F: FnOnce(&mut DbConn) -> StoreResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run(move |conn| write_tx(conn, f)).await
+    }
+
+    /// Checks that the database answers (for `/readyz`).
+    pub async fn ping(&self) -> StoreResult<()> {
+        self.run(|conn| {
+            use diesel::connection::SimpleConnection;
+            conn.batch_execute("SELECT 1").map_err(StoreError::from)
+        })
+        .await
+    }
+}

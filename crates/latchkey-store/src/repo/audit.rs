@@ -1,0 +1,89 @@
+//! `audit_events`: the tenant's audit log, written in the transaction of the change it
+//! records.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use latchkey_core::{AuditKind, TenantId};
+
+use super::Page;
+use crate::DbConn;
+use crate::error::StoreResult;
+use crate::model::{AuditEvent, at, ms, parse};
+use crate::schema::audit_events as ae;
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = ae)]
+struct Row {
+    id: String,
+    tenant_id: String,
+    at: i64,
+    actor_id: Option<String>,
+    subject_id: Option<String>,
+    kind: String,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    detail: String,
+}
+
+impl Row {
+    fn into_event(self) -> StoreResult<AuditEvent> {
+        Ok(AuditEvent {
+            id: parse("audit event id", &self.id)?,
+            tenant_id: parse("tenant id", &self.tenant_id)?,
+            at: at(self.at)?,
+            actor_id: self.actor_id,
+            subject_id: self.subject_id,
+            kind: parse::<AuditKind>("audit kind", &self.kind)?,
+            ip: self.ip,
+            user_agent: self.user_agent,
+            detail: serde_json::from_str(&self.detail).map_err(|_| crate::StoreError::Corrupt("audit detail"))?,
+        })
+    }
+}
+
+/// Appends an event.
+pub fn insert(conn: &mut DbConn, e: &AuditEvent) -> StoreResult<()> {
+    diesel::insert_into(ae::table)
+        .values((
+            ae::id.eq(e.id.to_string()),
+            ae::tenant_id.eq(e.tenant_id.to_string()),
+            ae::at.eq(ms(e.at)),
+            ae::actor_id.eq(e.actor_id.clone()),
+            ae::subject_id.eq(e.subject_id.clone()),
+            ae::kind.eq(e.kind.as_str()),
+            ae::ip.eq(e.ip.clone()),
+            ae::user_agent.eq(e.user_agent.clone()),
+            ae::detail.eq(e.detail.to_string()),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Filters of the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only events at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Only events of this kind.
+    pub kind: Option<AuditKind>,
+    /// Only events about this subject.
+    pub subject_id: Option<String>,
+}
+
+/// Events of `tenant`, newest first.
+pub fn list(conn: &mut DbConn, tenant: TenantId, filter: &AuditFilter, page: Page<'_>) -> StoreResult<Vec<AuditEvent>> {
+    let mut q = ae::table.filter(ae::tenant_id.eq(tenant.to_string())).into_boxed();
+    if let Some(since) = filter.since {
+        q = q.filter(ae::at.ge(ms(since)));
+    }
+    if let Some(kind) = filter.kind {
+        q = q.filter(ae::kind.eq(kind.as_str()));
+    }
+    if let Some(subject) = &filter.subject_id {
+        q = q.filter(ae::subject_id.eq(subject.clone()));
+    }
+    if let Some(after) = page.after {
+        q = q.filter(ae::id.lt(after.to_owned()));
+    }
+    q.order(ae::id.desc()).limit(page.limit).select(Row::as_select()).load(conn)?.into_iter().map(Row::into_event).collect()
+}

@@ -1,0 +1,123 @@
+//! `challenges`: sign-in challenges and enablement setups, found by the keyed hash of their
+//! token.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use latchkey_core::{ChallengeId, MethodSet, TenantId, UserId};
+
+use crate::DbConn;
+use crate::error::StoreResult;
+use crate::model::{Challenge, ChallengePurpose, NextAction, at, at_opt, ms, parse, parse_opt};
+use crate::schema::challenges as c;
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = c)]
+struct Row {
+    id: String,
+    tenant_id: String,
+    user_id: String,
+    purpose: String,
+    next_action: String,
+    methods: i32,
+    session_id: Option<String>,
+    pending_secret: Option<Vec<u8>>,
+    created_at: i64,
+    expires_at: i64,
+    ended_at: Option<i64>,
+}
+
+impl Row {
+    fn into_challenge(self) -> StoreResult<Challenge> {
+        Ok(Challenge {
+            id: parse("challenge id", &self.id)?,
+            tenant_id: parse("tenant id", &self.tenant_id)?,
+            user_id: parse("user id", &self.user_id)?,
+            purpose: parse::<ChallengePurpose>("purpose", &self.purpose)?,
+            next: parse::<NextAction>("next action", &self.next_action)?,
+            methods: MethodSet::from_bits(self.methods),
+            session_id: parse_opt("session id", self.session_id.as_deref())?,
+            pending_secret: self.pending_secret,
+            created_at: at(self.created_at)?,
+            expires_at: at(self.expires_at)?,
+            ended_at: at_opt(self.ended_at)?,
+        })
+    }
+}
+
+/// Stores a challenge under the keyed hash of its token.
+pub fn insert(conn: &mut DbConn, ch: &Challenge, token_hash: &[u8]) -> StoreResult<()> {
+    diesel::insert_into(c::table)
+        .values((
+            c::id.eq(ch.id.to_string()),
+            c::token_hash.eq(token_hash.to_vec()),
+            c::tenant_id.eq(ch.tenant_id.to_string()),
+            c::user_id.eq(ch.user_id.to_string()),
+            c::purpose.eq(ch.purpose.as_str()),
+            c::next_action.eq(ch.next.as_str()),
+            c::methods.eq(ch.methods.bits()),
+            c::session_id.eq(ch.session_id.map(|s| s.to_string())),
+            c::pending_secret.eq(ch.pending_secret.clone()),
+            c::created_at.eq(ms(ch.created_at)),
+            c::expires_at.eq(ms(ch.expires_at)),
+            c::ended_at.eq(ch.ended_at.map(ms)),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The open (unexpired, not ended) challenge whose token hashes to `token_hash`.
+pub fn open_by_token_hash(conn: &mut DbConn, token_hash: &[u8], now: DateTime<Utc>) -> StoreResult<Option<Challenge>> {
+    c::table
+        .filter(c::token_hash.eq(token_hash.to_vec()))
+        .filter(c::ended_at.is_null())
+        .filter(c::expires_at.gt(ms(now)))
+        .select(Row::as_select())
+        .first(conn)
+        .optional()?
+        .map(Row::into_challenge)
+        .transpose()
+}
+
+/// Re-reads a challenge by id (inside a transaction, after taking the user's lock).
+pub fn by_id(conn: &mut DbConn, id: ChallengeId) -> StoreResult<Option<Challenge>> {
+    c::table.find(id.to_string()).select(Row::as_select()).first(conn).optional()?.map(Row::into_challenge).transpose()
+}
+
+/// Stores the sealed secret of an authenticator being set up (replacing an earlier one).
+pub fn set_pending_secret(conn: &mut DbConn, id: ChallengeId, sealed: &[u8]) -> StoreResult<()> {
+    diesel::update(c::table.find(id.to_string())).set(c::pending_secret.eq(Some(sealed.to_vec()))).execute(conn)?;
+    Ok(())
+}
+
+/// Ends a challenge if it is still open; returns whether this call ended it.
+pub fn end(conn: &mut DbConn, id: ChallengeId, now: DateTime<Utc>) -> StoreResult<bool> {
+    let n = diesel::update(c::table.find(id.to_string()).filter(c::ended_at.is_null()))
+        .set((c::ended_at.eq(ms(now)), c::pending_secret.eq(None::<Vec<u8>>)))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Ends every open challenge of `user` except `keep`.
+pub fn end_for_user(conn: &mut DbConn, user: UserId, keep: Option<ChallengeId>, now: DateTime<Utc>) -> StoreResult<usize> {
+    let keep = keep.map(|k| k.to_string()).unwrap_or_default();
+    Ok(diesel::update(
+        c::table.filter(c::user_id.eq(user.to_string())).filter(c::ended_at.is_null()).filter(c::id.ne(keep)),
+    )
+    .set((c::ended_at.eq(ms(now)), c::pending_secret.eq(None::<Vec<u8>>)))
+    .execute(conn)?)
+}
+
+/// Ends every open challenge of `tenant` (of any purpose) except `keep`.
+pub fn end_for_tenant(conn: &mut DbConn, tenant: TenantId, keep: Option<ChallengeId>, now: DateTime<Utc>) -> StoreResult<usize> {
+    let keep = keep.map(|k| k.to_string()).unwrap_or_default();
+    Ok(diesel::update(
+        c::table.filter(c::tenant_id.eq(tenant.to_string())).filter(c::ended_at.is_null()).filter(c::id.ne(keep)),
+    )
+    .set((c::ended_at.eq(ms(now)), c::pending_secret.eq(None::<Vec<u8>>)))
+    .execute(conn)?)
+}
+
+/// Deletes challenges that expired before `before` (housekeeping).
+pub fn purge_expired(conn: &mut DbConn, before: DateTime<Utc>) -> StoreResult<usize> {
+    Ok(diesel::delete(c::table.filter(c::expires_at.le(ms(before)))).execute(conn)?)
+}

@@ -1,0 +1,106 @@
+//! `enrollments`: the second-factor methods users have set up.
+
+use std::collections::HashMap;
+
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use latchkey_core::{Method, MethodSet, TenantId, UserId};
+
+use crate::error::StoreResult;
+use crate::model::{Enrollment, at, ms, parse};
+use crate::schema::enrollments as e;
+use crate::{DbConn, per_backend};
+
+#[derive(Queryable, Selectable, Insertable)]
+#[diesel(table_name = e)]
+struct Row {
+    user_id: String,
+    method: String,
+    tenant_id: String,
+    secret_sealed: Option<Vec<u8>>,
+    last_step: Option<i64>,
+    created_at: i64,
+}
+
+impl Row {
+    fn into_enrollment(self) -> StoreResult<Enrollment> {
+        Ok(Enrollment {
+            user_id: parse("user id", &self.user_id)?,
+            method: parse("method", &self.method)?,
+            secret_sealed: self.secret_sealed,
+            last_step: self.last_step,
+            created_at: at(self.created_at)?,
+        })
+    }
+}
+
+/// The enrollments of `user`.
+pub fn for_user(conn: &mut DbConn, user: UserId) -> StoreResult<Vec<Enrollment>> {
+    e::table
+        .filter(e::user_id.eq(user.to_string()))
+        .select(Row::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(Row::into_enrollment)
+        .collect()
+}
+
+/// The enrolled methods of `user`.
+pub fn methods_of(conn: &mut DbConn, user: UserId) -> StoreResult<MethodSet> {
+    Ok(for_user(conn, user)?.into_iter().map(|en| en.method).collect())
+}
+
+/// The enrolled methods of several users at once (for lists).
+pub fn methods_of_many(conn: &mut DbConn, users: &[UserId]) -> StoreResult<HashMap<UserId, MethodSet>> {
+    let ids: Vec<String> = users.iter().map(ToString::to_string).collect();
+    let rows: Vec<(String, String)> =
+        e::table.filter(e::user_id.eq_any(ids)).select((e::user_id, e::method)).load(conn)?;
+    let mut out: HashMap<UserId, MethodSet> = HashMap::new();
+    for (user, method) in rows {
+        let entry = out.entry(parse("user id", &user)?).or_default();
+        *entry = entry.with(parse::<Method>("method", &method)?);
+    }
+    Ok(out)
+}
+
+/// Enrolls (or re-enrolls, replacing the secret and last step) a method.
+pub fn upsert(conn: &mut DbConn, tenant: TenantId, en: &Enrollment) -> StoreResult<()> {
+    let row = Row {
+        user_id: en.user_id.to_string(),
+        method: en.method.as_str().to_owned(),
+        tenant_id: tenant.to_string(),
+        secret_sealed: en.secret_sealed.clone(),
+        last_step: en.last_step,
+        created_at: ms(en.created_at),
+    };
+    per_backend!(conn, c => diesel::insert_into(e::table)
+        .values(&row)
+        .on_conflict((e::user_id, e::method))
+        .do_update()
+        .set((
+            e::secret_sealed.eq(excluded(e::secret_sealed)),
+            e::last_step.eq(excluded(e::last_step)),
+            e::created_at.eq(excluded(e::created_at)),
+        ))
+        .execute(c))?;
+    Ok(())
+}
+
+/// Records the last accepted TOTP step, only if it moves forward (the atomic conditional
+/// update behind replay protection). Returns whether it moved.
+pub fn advance_last_step(conn: &mut DbConn, user: UserId, step: i64) -> StoreResult<bool> {
+    let n = diesel::update(
+        e::table
+            .filter(e::user_id.eq(user.to_string()))
+            .filter(e::method.eq(Method::Authenticator.as_str()))
+            .filter(e::last_step.is_null().or(e::last_step.lt(step))),
+    )
+    .set(e::last_step.eq(step))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Removes every enrollment of `user` (recovery, reset).
+pub fn delete_for_user(conn: &mut DbConn, user: UserId) -> StoreResult<usize> {
+    Ok(diesel::delete(e::table.filter(e::user_id.eq(user.to_string()))).execute(conn)?)
+}

@@ -1,0 +1,23 @@
+//! Repositories: one module per table, plain functions over a [`DbConn`](crate::DbConn).
+//! Every function returns a `Result`; none reads the clock (callers pass `now`).
+
+pub mod audit;
+pub mod challenges;
+pub mod deliveries;
+pub mod email_codes;
+pub mod enrollments;
+pub mod recovery;
+pub mod reset_tokens;
+pub mod sessions;
+pub mod signin;
+pub mod tenants;
+pub mod users;
+
+/// A page of a list: at most `limit` items after the `after` cursor (an id).
+#[derive(Debug, Clone, Copy)]
+pub struct Page<'a> {
+    /// Only items beyond this id (exclusive), in the list's order.
+    pub after: Option<&'a str>,
+    /// Most items to return.
+    pub limit: i64,
+}

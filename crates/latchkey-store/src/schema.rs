@@ -1,0 +1,164 @@
+//! The diesel schema, portable across Postgres and SQLite (migrations in
+//! `migrations/{postgres,sqlite}` create the same tables).
+#![allow(missing_docs)]
+
+diesel::table! {
+    tenants (id) {
+        id -> Text,
+        slug -> Text,
+        name -> Text,
+        two_factor_enabled -> Bool,
+        methods_admin -> Integer,
+        methods_supervisor -> Integer,
+        methods_agent -> Integer,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> Text,
+        tenant_id -> Text,
+        email -> Text,
+        name -> Text,
+        role -> Text,
+        password_hash -> Text,
+        preferred_method -> Nullable<Text>,
+        otp_failures -> Integer,
+        otp_blocked_until -> Nullable<BigInt>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    signin_failures (tenant_id, subject) {
+        tenant_id -> Text,
+        subject -> Text,
+        failures -> Integer,
+        window_started_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    enrollments (user_id, method) {
+        user_id -> Text,
+        method -> Text,
+        tenant_id -> Text,
+        secret_sealed -> Nullable<Binary>,
+        last_step -> Nullable<BigInt>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    sessions (id) {
+        id -> Text,
+        token_hash -> Binary,
+        tenant_id -> Text,
+        user_id -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        second_factor_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    challenges (id) {
+        id -> Text,
+        token_hash -> Binary,
+        tenant_id -> Text,
+        user_id -> Text,
+        purpose -> Text,
+        next_action -> Text,
+        methods -> Integer,
+        session_id -> Nullable<Text>,
+        pending_secret -> Nullable<Binary>,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        ended_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    email_codes (id) {
+        id -> Text,
+        tenant_id -> Text,
+        user_id -> Text,
+        challenge_id -> Text,
+        code_hash -> Binary,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        used_at -> Nullable<BigInt>,
+        voided_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    reset_tokens (id) {
+        id -> Text,
+        token_hash -> Binary,
+        tenant_id -> Text,
+        user_id -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        used_at -> Nullable<BigInt>,
+        voided_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    mail_deliveries (id) {
+        id -> Text,
+        kind -> Text,
+        state -> Text,
+        attempts -> Integer,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    recovery_requests (id) {
+        id -> Text,
+        tenant_id -> Text,
+        user_id -> Text,
+        status -> Text,
+        ip -> Nullable<Text>,
+        user_agent -> Nullable<Text>,
+        created_at -> BigInt,
+        decided_at -> Nullable<BigInt>,
+        decided_by -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    audit_events (id) {
+        id -> Text,
+        tenant_id -> Text,
+        at -> BigInt,
+        actor_id -> Nullable<Text>,
+        subject_id -> Nullable<Text>,
+        kind -> Text,
+        ip -> Nullable<Text>,
+        user_agent -> Nullable<Text>,
+        detail -> Text,
+    }
+}
+
+diesel::joinable!(users -> tenants (tenant_id));
+diesel::joinable!(recovery_requests -> users (user_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    tenants,
+    users,
+    signin_failures,
+    enrollments,
+    sessions,
+    challenges,
+    email_codes,
+    reset_tokens,
+    mail_deliveries,
+    recovery_requests,
+    audit_events,
+);

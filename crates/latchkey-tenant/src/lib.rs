@@ -1,0 +1,17 @@
+//! Latchkey's use-cases and per-tenant actors.
+//!
+//! [`Service`] holds one method per use-case (sign-in, challenges, settings, users, recovery,
+//! audit). Each reads the tenant's policy through its [`TenantActor`](actor::TenantActor),
+//! checks passwords on the blocking pool, and makes its decision inside one store
+//! transaction that serialises the user's counters, applying the pure rules of
+//! `latchkey_core` to the state it reads there. Email jobs go to an [`Outbox`].
+
+pub mod actor;
+pub mod error;
+pub mod outbox;
+pub mod service;
+
+pub use actor::{ActorSettings, Registry};
+pub use error::{Error, Result};
+pub use outbox::{MailJob, MemoryOutbox, Outbox, OutboxError, SendEmailOtp, SendResetLink};
+pub use service::*;

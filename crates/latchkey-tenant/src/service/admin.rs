@@ -1,0 +1,108 @@
+//! Admin reviews: recovery requests and the audit log; and the operator's reset.
+
+use latchkey_core::{AuditKind, RecoveryRequestId, UserId};
+use latchkey_store::model::{AuditEvent, RecoveryRequest, RecoveryStatus};
+use latchkey_store::repo::audit::AuditFilter;
+use latchkey_store::repo::{Page, audit, recovery, tenants, users};
+use latchkey_store::{DbConn, StoreError, StoreResult};
+use serde_json::json;
+
+use super::{Auth, RequestCtx, Service, UserView};
+use crate::error::{Error, Result};
+
+/// A recovery request with its user.
+#[derive(Debug, Clone)]
+pub struct RecoveryView {
+    /// The request.
+    pub request: RecoveryRequest,
+    /// The requesting user.
+    pub user: UserView,
+}
+
+impl Service {
+    fn recovery_view(&self, conn: &mut DbConn, request: RecoveryRequest) -> StoreResult<RecoveryView> {
+        let user = users::by_id(conn, request.tenant_id, request.user_id)?.ok_or(StoreError::Corrupt("request without user"))?;
+        Ok(RecoveryView { user: self.user_view(conn, &user)?, request })
+    }
+
+    /// `GET /api/v1/recovery-requests` (admin): newest first, optionally of one status.
+    pub async fn list_recovery_requests(
+        &self,
+        auth: &Auth,
+        status: Option<RecoveryStatus>,
+        after: Option<RecoveryRequestId>,
+        limit: i64,
+    ) -> Result<Vec<RecoveryView>> {
+        Service::require_admin(auth)?;
+        let tenant = auth.tenant.id;
+        let svc = self.clone();
+        Ok(self
+            .store
+            .run(move |c| {
+                let after = after.map(|a| a.to_string());
+                let list = recovery::list(c, tenant, status, Page { after: after.as_deref(), limit })?;
+                list.into_iter().map(|r| svc.recovery_view(c, r)).collect()
+            })
+            .await?)
+    }
+
+    /// `POST /api/v1/recovery-requests/{id}/approve` ("Reset") or `…/dismiss` (admin).
+    /// Approval resets the user's second factor (enrollments, counters, blocks, sessions,
+    /// challenges); the next sign-in enrolls again.
+    ///
+    /// Errors: `Forbidden`, `NotFound` (also another tenant's), `RequestNotPending`.
+    pub async fn decide_recovery(&self, ctx: &RequestCtx, auth: &Auth, id: RecoveryRequestId, approve: bool) -> Result<RecoveryView> {
+        Service::require_admin(auth)?;
+        let tenant = auth.tenant.id;
+        let admin = auth.user.id;
+        let svc = self.clone();
+        let ctx = ctx.clone();
+        self.store
+            .write(move |c| {
+                let Some(request) = recovery::by_id(c, tenant, id)? else { return Ok(Err(Error::NotFound)) };
+                users::lock(c, request.user_id)?;
+                let status = if approve { RecoveryStatus::Approved } else { RecoveryStatus::Dismissed };
+                if !recovery::decide(c, id, status, admin, ctx.now)? {
+                    return Ok(Err(Error::RequestNotPending));
+                }
+                let kind = if approve {
+                    Service::reset_second_factor(c, request.user_id, ctx.now)?;
+                    AuditKind::RecoveryApproved
+                } else {
+                    AuditKind::RecoveryDismissed
+                };
+                Service::audit(c, &ctx, tenant, Some(admin.to_string()), Some(request.user_id), kind, json!({"request_id": id}))?;
+                let decided = recovery::by_id(c, tenant, id)?.ok_or(StoreError::Corrupt("request vanished"))?;
+                Ok(Ok(svc.recovery_view(c, decided)?))
+            })
+            .await?
+    }
+
+    /// `GET /api/v1/audit-events` (admin): newest first, filtered.
+    pub async fn audit_events(&self, auth: &Auth, filter: AuditFilter, after: Option<String>, limit: i64) -> Result<Vec<AuditEvent>> {
+        Service::require_admin(auth)?;
+        let tenant = auth.tenant.id;
+        Ok(self.store.run(move |c| audit::list(c, tenant, &filter, Page { after: after.as_deref(), limit })).await?)
+    }
+
+    /// `POST /api/v1/tenants/{slug}/users/{id}/reset-2fa` (operator): recovers a user (e.g. a
+    /// sole admin who lost both factors); audited as `operator_reset`.
+    ///
+    /// Errors: `NotFound` for an unknown tenant or user.
+    pub async fn operator_reset(&self, ctx: &RequestCtx, slug: &str, user: UserId) -> Result<UserView> {
+        let slug = slug.to_owned();
+        let svc = self.clone();
+        let ctx = ctx.clone();
+        self
+            .store
+            .write(move |c| {
+                let Some(tenant) = tenants::by_slug(c, &slug)? else { return Ok(Err(Error::NotFound)) };
+                let Some(target) = users::by_id(c, tenant.id, user)? else { return Ok(Err(Error::NotFound)) };
+                users::lock(c, target.id)?;
+                Service::reset_second_factor(c, target.id, ctx.now)?;
+                Service::audit(c, &ctx, tenant.id, Some("operator".into()), Some(target.id), AuditKind::OperatorReset, json!({}))?;
+                Ok(Ok(svc.user_view(c, &target)?))
+            })
+            .await?
+    }
+}

@@ -1,0 +1,370 @@
+//! The use-cases. Every method takes a [`RequestCtx`] carrying the instant read once at the
+//! edge, plus the client's IP and user agent for the audit log.
+
+mod account;
+mod admin;
+mod challenge;
+mod settings;
+mod signin;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use latchkey_core::crypto::TokenPurpose;
+use latchkey_core::metrics::Metrics;
+use latchkey_core::otp::{OtpLockout, SigninThrottle};
+use latchkey_core::password::PasswordHasher;
+use latchkey_core::{AuditEventId, AuditKind, ChallengeId, Keys, Limits, Method, MethodSet, Role, SecretToken, SessionId, TenantId, UserId};
+use latchkey_store::model::{AuditEvent, Challenge, ChallengePurpose, NextAction, Session, Tenant, User};
+use latchkey_store::repo::{challenges, email_codes, enrollments, reset_tokens, sessions, signin as signin_repo, users};
+use latchkey_store::{DbConn, Store, StoreResult};
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+pub use account::{NewUser, UserChanges};
+pub use admin::RecoveryView;
+pub use challenge::{EmailSent, RecoveryStarted, TotpSetup};
+pub use settings::{EnableSetup, MethodChanges};
+pub use signin::{ChallengeView, IssuedSession, SignIn};
+
+use crate::actor::Registry;
+use crate::error::{Error, Result};
+use crate::outbox::Outbox;
+
+/// Who is asking, and when: built once per request at the edge.
+#[derive(Debug, Clone)]
+pub struct RequestCtx {
+    /// The instant of the request (the only clock read).
+    pub now: DateTime<Utc>,
+    /// The client IP (after trusted proxies).
+    pub ip: Option<String>,
+    /// The client's `User-Agent`.
+    pub user_agent: Option<String>,
+}
+
+impl RequestCtx {
+    /// A context at `now` with no client details (CLI, tests).
+    pub fn at(now: DateTime<Utc>) -> Self {
+        Self { now, ip: None, user_agent: None }
+    }
+}
+
+/// A signed-in request: the session, its user and the tenant (with its current policy).
+#[derive(Debug, Clone)]
+pub struct Auth {
+    /// The session.
+    pub session: Session,
+    /// The signed-in user.
+    pub user: User,
+    /// The user's tenant.
+    pub tenant: Tenant,
+}
+
+/// A user as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserView {
+    /// Id.
+    pub id: UserId,
+    /// Email address (normalised).
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Enrolled methods.
+    pub enrolled: Vec<Method>,
+    /// The method last verified with.
+    pub preferred: Option<Method>,
+}
+
+impl UserView {
+    fn new(user: &User, enrolled: MethodSet) -> Self {
+        Self {
+            id: user.id,
+            email: user.email.clone(),
+            name: user.name.clone(),
+            role: user.role,
+            enrolled: enrolled.to_vec(),
+            preferred: user.preferred.filter(|m| enrolled.contains(*m)),
+        }
+    }
+}
+
+/// Everything the use-cases need. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    store: Store,
+    keys: Keys,
+    hasher: Arc<PasswordHasher>,
+    limits: Limits,
+    outbox: Arc<dyn Outbox>,
+    metrics: Metrics,
+    registry: Registry,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("store", &self.store).field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// Assembles the use-cases.
+    pub fn new(
+        store: Store,
+        keys: Keys,
+        hasher: Arc<PasswordHasher>,
+        limits: Limits,
+        outbox: Arc<dyn Outbox>,
+        metrics: Metrics,
+        registry: Registry,
+    ) -> Self {
+        Self { store, keys, hasher, limits, outbox, metrics, registry }
+    }
+
+    /// The store (for readiness checks and housekeeping).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The outbox (for readiness checks).
+    pub fn outbox(&self) -> &Arc<dyn Outbox> {
+        &self.outbox
+    }
+
+    /// The tenant actors.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Resolves a bearer token to its session, user and tenant. A challenge or setup token
+    /// never resolves (its keyed hash has another purpose).
+    ///
+    /// Errors: `Unauthenticated` for an unknown, expired or ended session.
+    pub async fn authenticate(&self, ctx: &RequestCtx, bearer: &str) -> Result<Auth> {
+        let hash = self.keys.token_hash(TokenPurpose::Session, bearer);
+        let now = ctx.now;
+        let found = self
+            .store
+            .run(move |c| {
+                let Some(session) = sessions::by_token_hash(c, &hash, now)? else { return Ok(None) };
+                let user = users::by_id(c, session.tenant_id, session.user_id)?;
+                Ok(user.map(|u| (session, u)))
+            })
+            .await?;
+        let (session, user) = found.ok_or(Error::Unauthenticated)?;
+        let tenant = self.registry.enter(session.tenant_id).await.map_err(|e| match e {
+            Error::NotFound => Error::Unauthenticated,
+            other => other,
+        })?;
+        Ok(Auth { session, user, tenant })
+    }
+
+    /// Hashes a new password on the blocking pool.
+    async fn hash_password(&self, password: &str) -> Result<String> {
+        let hasher = self.hasher.clone();
+        let password = Zeroizing::new(password.to_owned());
+        tokio::task::spawn_blocking(move || hasher.hash(&password))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// Verifies a password on the blocking pool (against the dummy hash when `stored` is
+    /// `None`, so unknown users cost the same).
+    async fn check_password(&self, password: &str, stored: Option<String>) -> Result<bool> {
+        let hasher = self.hasher.clone();
+        let password = Zeroizing::new(password.to_owned());
+        let timer = self.metrics.password_check.start_timer();
+        let ok = tokio::task::spawn_blocking(move || hasher.verify(&password, stored.as_deref()))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        timer.observe_duration();
+        Ok(ok)
+    }
+
+    /// Counts one password attempt of `subject` before it is checked, atomically, so that
+    /// however many run in parallel (in any number of processes) no more than the limit are
+    /// ever evaluated per window. A success clears the count afterwards.
+    ///
+    /// Errors: `RateLimited` once the limit is reached.
+    async fn reserve_password_attempt(&self, tenant: TenantId, user: Option<UserId>, subject: String, now: DateTime<Utc>) -> Result<()> {
+        let limits = self.limits;
+        let refused = self
+            .store
+            .write(move |c| {
+                match user {
+                    Some(u) => users::lock(c, u)?,
+                    None => users::lock_tenant(c, tenant)?,
+                }
+                let state = signin_repo::get(c, tenant, &subject)?;
+                if let Err(until) = SigninThrottle::check(state, now, &limits) {
+                    return Ok(Some(until));
+                }
+                signin_repo::put(c, tenant, &subject, SigninThrottle::fail(state, now, &limits))?;
+                Ok(None)
+            })
+            .await?;
+        match refused {
+            Some(until) => Err(Error::RateLimited { retry_after: latchkey_core::otp::seconds_until(until, now) }),
+            None => Ok(()),
+        }
+    }
+
+    /// Re-checks a signed-in user's password (for sensitive actions), under the same
+    /// attempt limit as sign-in.
+    ///
+    /// Errors: `InvalidPassword`, `RateLimited`.
+    async fn confirm_password(&self, ctx: &RequestCtx, user: &User, password: &str) -> Result<()> {
+        let subject = user.id.to_string();
+        self.reserve_password_attempt(user.tenant_id, Some(user.id), subject.clone(), ctx.now).await?;
+        if !self.check_password(password, Some(user.password_hash.clone())).await? {
+            return Err(Error::InvalidPassword);
+        }
+        let tenant = user.tenant_id;
+        self.store.run(move |c| signin_repo::clear(c, tenant, &subject)).await?;
+        Ok(())
+    }
+
+    /// `StepUpRequired` unless 2FA is off or the session verified its second factor within
+    /// `LATCHKEY_STEP_UP_SECS` (DESIGN.md "Step-up").
+    fn require_step_up(&self, auth: &Auth, now: DateTime<Utc>) -> Result<()> {
+        if !auth.tenant.policy.enabled {
+            return Ok(());
+        }
+        match auth.session.second_factor_at {
+            Some(at) if at + self.limits.step_up >= now => Ok(()),
+            _ => Err(Error::StepUpRequired),
+        }
+    }
+
+    /// `Forbidden` unless the user is an admin.
+    fn require_admin(auth: &Auth) -> Result<()> {
+        if auth.user.role == Role::Admin { Ok(()) } else { Err(Error::Forbidden) }
+    }
+
+    fn user_view(&self, conn: &mut DbConn, user: &User) -> StoreResult<UserView> {
+        Ok(UserView::new(user, enrollments::methods_of(conn, user.id)?))
+    }
+
+    /// Issues a session for `user`; `second_factor` records a verification now (step-up).
+    fn issue_session(
+        &self,
+        conn: &mut DbConn,
+        user: &User,
+        second_factor: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(SecretToken, Session)> {
+        let token = SecretToken::generate();
+        let session = Session {
+            id: SessionId::new(),
+            tenant_id: user.tenant_id,
+            user_id: user.id,
+            created_at: now,
+            expires_at: now + self.limits.session_ttl,
+            second_factor_at: second_factor.then_some(now),
+        };
+        sessions::insert(conn, &session, &self.keys.token_hash(TokenPurpose::Session, token.expose()))?;
+        Ok((token, session))
+    }
+
+    /// Opens a challenge (or an enablement setup).
+    #[allow(clippy::too_many_arguments)]
+    fn open_challenge(
+        &self,
+        conn: &mut DbConn,
+        user: &User,
+        purpose: ChallengePurpose,
+        next: NextAction,
+        methods: MethodSet,
+        session_id: Option<SessionId>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(SecretToken, Challenge)> {
+        let token = SecretToken::generate();
+        let challenge = Challenge {
+            id: ChallengeId::new(),
+            tenant_id: user.tenant_id,
+            user_id: user.id,
+            purpose,
+            next,
+            methods,
+            session_id,
+            pending_secret: None,
+            created_at: now,
+            expires_at: now + self.limits.challenge_ttl,
+            ended_at: None,
+        };
+        challenges::insert(conn, &challenge, &self.keys.token_hash(TokenPurpose::Challenge, token.expose()))?;
+        Ok((token, challenge))
+    }
+
+    /// Resets a user's second factor (recovery approval, reset link, operator): removes
+    /// enrollments, the wrong-code counter and block, ends sessions and challenges, voids
+    /// codes and reset links. The next sign-in enrolls again.
+    fn reset_second_factor(conn: &mut DbConn, user: UserId, now: DateTime<Utc>) -> StoreResult<()> {
+        enrollments::delete_for_user(conn, user)?;
+        users::set_lockout(conn, user, OtpLockout::default())?;
+        users::set_preferred(conn, user, None)?;
+        sessions::delete_for_user(conn, user, None)?;
+        challenges::end_for_user(conn, user, None, now)?;
+        email_codes::void_for_user(conn, user, now)?;
+        reset_tokens::void_for_user(conn, user, now)?;
+        Ok(())
+    }
+
+    /// Appends an audit event (call inside the transaction of the change it records).
+    #[allow(clippy::too_many_arguments)]
+    fn audit(
+        conn: &mut DbConn,
+        ctx: &RequestCtx,
+        tenant: TenantId,
+        actor: Option<String>,
+        subject: Option<UserId>,
+        kind: AuditKind,
+        detail: Value,
+    ) -> StoreResult<()> {
+        latchkey_store::repo::audit::insert(
+            conn,
+            &AuditEvent {
+                id: AuditEventId::new(),
+                tenant_id: tenant,
+                at: ctx.now,
+                actor_id: actor,
+                subject_id: subject.map(|s| s.to_string()),
+                kind,
+                ip: ctx.ip.clone(),
+                user_agent: ctx.user_agent.clone(),
+                detail,
+            },
+        )
+    }
+}
+
+/// Validates and normalises a display name: trimmed, 1 to 200 characters, no control
+/// characters.
+pub fn clean_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(Error::InvalidRequest("name must be 1 to 200 printable characters".into()));
+    }
+    Ok(name.to_owned())
+}
+
+/// Validates and normalises an email address (trimmed, lower-cased).
+pub fn clean_email(email: &str) -> Result<String> {
+    let email = latchkey_core::email::normalize(email);
+    if !latchkey_core::email::is_valid(&email) {
+        return Err(Error::InvalidRequest("email is not a valid address".into()));
+    }
+    Ok(email)
+}
+
+/// Checks a new password against the rules.
+pub fn check_new_password(password: &str) -> Result<()> {
+    latchkey_core::password::check_new_password(password).map_err(|e| Error::InvalidRequest(e.to_string()))
+}

@@ -1,0 +1,11 @@
+DROP TABLE audit_events;
+DROP TABLE recovery_requests;
+DROP TABLE mail_deliveries;
+DROP TABLE reset_tokens;
+DROP TABLE email_codes;
+DROP TABLE challenges;
+DROP TABLE sessions;
+DROP TABLE enrollments;
+DROP TABLE signin_failures;
+DROP TABLE users;
+DROP TABLE tenants;
