@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use super::admin::RecoveryView;
 use super::signin::IssuedSession;
-use super::{RequestCtx, Service, UserView};
+use super::{RequestCtx, Service};
 use crate::error::{Error, Result};
 use crate::outbox::{MailJob, SendEmailOtp, SendResetLink, job_aad};
 
