@@ -1,1 +1,212 @@
-fn main() {}
+//! `latchkey`: the multi-tenant two-factor authentication service.
+//!
+//! - `latchkey serve` runs the HTTP API and the mail worker in one process (embedded
+//!   defaults: SQLite, embedded queue, `.eml` outbox; `--no-worker` for the API alone);
+//! - `latchkey worker` runs the mail worker alone;
+//! - `latchkey migrate` runs the database migrations;
+//! - `latchkey tenant create` creates a tenant and its first admin;
+//! - `latchkey config` prints the effective configuration (secrets redacted).
+
+use std::io::Read as _;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use actix::Arbiter;
+use clap::{Parser, Subcommand};
+use latchkey::app::{Core, StartError};
+use latchkey::{config, logging};
+use latchkey_core::{Config, SystemClock};
+use latchkey_tenant::{MemoryOutbox, NewUser, RequestCtx};
+
+#[derive(Parser)]
+#[command(
+    name = "latchkey",
+    version,
+    about = "Multi-tenant two-factor authentication service"
+)]
+struct Cli {
+    /// A TOML file with the same keys as the environment variables (default: ./latchkey.toml
+    /// if present). The environment wins.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API and, unless --no-worker, the mail worker.
+    Serve {
+        /// Run the API only (mail is delivered by `latchkey worker` processes).
+        #[arg(long)]
+        no_worker: bool,
+        /// HTTP worker threads (default: one per core).
+        #[arg(long, default_value_t = 0)]
+        http_workers: usize,
+    },
+    /// Run the mail worker only.
+    Worker,
+    /// Run the database migrations and exit.
+    Migrate,
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Print the effective configuration (secrets redacted).
+    Config,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and its first admin. The password comes from standard input with
+    /// --admin-password-stdin, else from LATCHKEY_ADMIN_PASSWORD; it is never echoed.
+    Create {
+        /// Slug users type at sign-in.
+        #[arg(long)]
+        slug: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Email of the first admin.
+        #[arg(long)]
+        admin_email: String,
+        /// Display name of the first admin.
+        #[arg(long, default_value = "Admin")]
+        admin_name: String,
+        /// Read the admin password from standard input (one line).
+        #[arg(long)]
+        admin_password_stdin: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("latchkey: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(config.log_format);
+    let result = actix_rt::System::new().block_on(run(cli.command, config));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "latchkey stopped");
+            eprintln!("latchkey: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> Result<(), StartError> {
+    match command {
+        Command::Config => {
+            println!("{config:#?}");
+            Ok(())
+        }
+        Command::Migrate => {
+            Core::open(config, Arc::new(SystemClock))?;
+            println!("migrations are up to date");
+            Ok(())
+        }
+        Command::Tenant {
+            command:
+                TenantCommand::Create {
+                    slug,
+                    name,
+                    admin_email,
+                    admin_name,
+                    admin_password_stdin,
+                },
+        } => {
+            let password = zeroize::Zeroizing::new(if admin_password_stdin {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut line)
+                    .map_err(|e| StartError::Other(format!("stdin: {e}")))?;
+                line.trim_end_matches(['\r', '\n']).to_owned()
+            } else {
+                std::env::var("LATCHKEY_ADMIN_PASSWORD").map_err(|_| {
+                    StartError::Other(
+                        "give the password with --admin-password-stdin or LATCHKEY_ADMIN_PASSWORD"
+                            .into(),
+                    )
+                })?
+            });
+            let core = Core::open(config, Arc::new(SystemClock))?;
+            let service = core.service(Arc::new(MemoryOutbox::default()), Arbiter::current())?;
+            let ctx = RequestCtx::at(core.clock.now());
+            let admin = NewUser {
+                email: admin_email,
+                name: admin_name,
+                role: latchkey_core::Role::Admin,
+                password: password.to_string(),
+            };
+            let (tenant, user) = service
+                .create_tenant(&ctx, &slug, &name, admin)
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            println!(
+                "created tenant {} ({}) with admin {} ({})",
+                tenant.slug, tenant.id, user.email, user.id
+            );
+            Ok(())
+        }
+        Command::Serve {
+            no_worker,
+            http_workers,
+        } => serve(config, !no_worker, http_workers).await,
+        Command::Worker => Err(StartError::Other("the mail worker is not built yet".into())),
+    }
+}
+
+async fn serve(config: Config, _with_worker: bool, http_workers: usize) -> Result<(), StartError> {
+    let listen = config.listen;
+    let core = Core::open(config, Arc::new(SystemClock))?;
+    let actors = Arbiter::new();
+    let service = core.service(Arc::new(MemoryOutbox::default()), actors.handle())?;
+    let listener = TcpListener::bind(listen)
+        .map_err(|e| StartError::Other(format!("cannot listen on {listen}: {e}")))?;
+    let server = core.serve_http(service, listener, http_workers)?;
+    let handle = server.handle();
+    actix_rt::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        handle.stop(true).await;
+    });
+    tracing::info!(%listen, "latchkey is serving");
+    server.await.map_err(|e| StartError::Other(e.to_string()))?;
+    actors.stop();
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,1 +1,203 @@
-//! stub
+//! Latchkey's HTTP API (DESIGN.md section 3): actix-web handlers, DTOs, extractors,
+//! `application/problem+json` errors, the OpenAPI 3.1 document and the metrics middleware.
+
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod handlers;
+pub mod middleware;
+pub mod state;
+
+use std::net::TcpListener;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{DefaultHeaders, ErrorHandlers, from_fn};
+use actix_web::{App, HttpServer, web};
+use actix_web_prom::{
+    ActixMetricsConfiguration, LabelsConfiguration, PrometheusMetrics, PrometheusMetricsBuilder,
+};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_actix_web::AppExt;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use state::AppState;
+
+use crate::error::ApiError;
+use crate::handlers::{agents, audit, auth, me, operator, ops, recovery, reset_page, settings};
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The `authentication_token` of a session"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "operator_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("`LATCHKEY_OPERATOR_TOKEN`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document's info, tags and security schemes; paths come from the registered handlers.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Latchkey",
+        description = "Multi-tenant two-factor authentication for customer-service dashboards. Errors are RFC 9457 \
+                       `application/problem+json` with a stable `code`.",
+    ),
+    components(schemas(error::Problem)),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "sign-in", description = "Password sign-in and sign-out"),
+        (name = "second factor", description = "Challenges: enrollment, codes, recovery"),
+        (name = "self", description = "The signed-in user"),
+        (name = "settings", description = "Tenant 2FA policy (admins)"),
+        (name = "agents", description = "User management (admins)"),
+        (name = "recovery", description = "Recovery requests (admins)"),
+        (name = "audit", description = "Audit log (admins)"),
+        (name = "operator", description = "Operator endpoints"),
+        (name = "operations", description = "Health, readiness, metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Registers every handler (and so its OpenAPI path).
+fn register<T>(app: utoipa_actix_web::UtoipaApp<T>) -> utoipa_actix_web::UtoipaApp<T>
+where
+    T: ServiceFactory<ServiceRequest, Config = (), Error = actix_web::Error, InitError = ()>,
+{
+    app.service(operator::create_tenant)
+        .service(operator::reset_2fa)
+        .service(auth::sign_in)
+        .service(auth::logout)
+        .service(auth::authenticator_setup)
+        .service(auth::authenticator_confirm)
+        .service(auth::email_send)
+        .service(auth::verify)
+        .service(auth::recovery)
+        .service(auth::reset)
+        .service(me::get_me)
+        .service(me::patch_me)
+        .service(me::change_password)
+        .service(settings::get_settings)
+        .service(settings::enable)
+        .service(settings::enable_confirm)
+        .service(settings::disable)
+        .service(settings::put_methods)
+        .service(agents::list)
+        .service(agents::create)
+        .service(agents::update)
+        .service(agents::remove)
+        .service(recovery::list)
+        .service(recovery::approve)
+        .service(recovery::dismiss)
+        .service(audit::list)
+        .service(reset_page::show)
+        .service(reset_page::submit)
+        .service(ops::healthz)
+        .service(ops::readyz)
+        .service(ops::metrics)
+}
+
+fn base_doc() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}
+
+/// The OpenAPI 3.1 document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    register(App::new().into_utoipa_app().openapi(base_doc()))
+        .split_for_parts()
+        .1
+}
+
+/// The HTTP request metrics middleware (`latchkey_http_requests_total{method,route,status}`,
+/// `latchkey_http_request_duration_seconds{method,route,status}`), registered in `registry`;
+/// routes are patterns, unmatched paths are `unmatched`, never raw paths.
+pub fn http_metrics(registry: &prometheus::Registry) -> Result<PrometheusMetrics, ApiError> {
+    PrometheusMetricsBuilder::new("latchkey")
+        .registry(registry.clone())
+        .mask_unmatched_patterns("unmatched")
+        .metrics_configuration(
+            ActixMetricsConfiguration::default()
+                .labels(LabelsConfiguration::default().endpoint("route"))
+                .http_requests_duration_seconds_name("http_request_duration_seconds"),
+        )
+        .build()
+        .map_err(|e| ApiError::Unavailable(format!("metrics middleware: {e}")))
+}
+
+/// The complete app: routes, the OpenAPI document at `/api/v1/openapi.json`, the interactive
+/// page at `/docs/` (assets vendored, nothing loaded from the internet), a problem+json 404
+/// for unknown routes, and the middleware.
+pub fn app(
+    state: web::Data<AppState>,
+    metrics: PrometheusMetrics,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let (app, doc) = register(
+        App::new()
+            .into_utoipa_app()
+            .openapi(base_doc())
+            .app_data(state)
+            .app_data(extract::json_config())
+            .app_data(web::QueryConfig::default().error_handler(extract::query_error))
+            .app_data(web::PathConfig::default().error_handler(extract::path_error))
+            .app_data(web::FormConfig::default().limit(extract::MAX_BODY_BYTES)),
+    )
+    .split_for_parts();
+    app.service(SwaggerUi::new("/docs/{_:.*}").url("/api/v1/openapi.json", doc))
+        .default_service(web::to(|| async {
+            Err::<actix_web::HttpResponse, ApiError>(ApiError::NotFound)
+        }))
+        .wrap(from_fn(middleware::ip_limit))
+        .wrap(ErrorHandlers::new().default_handler(middleware::problem_for_any_error))
+        .wrap(DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))
+        .wrap(metrics)
+        .wrap(from_fn(middleware::log_requests))
+}
+
+/// Starts the HTTP server on `listener` with `workers` threads (0: one per core). It stops
+/// accepting on `Server::stop(true)` and gives in-flight requests `shutdown_timeout_secs`.
+/// Signals are left to the caller.
+pub fn serve(
+    state: AppState,
+    listener: TcpListener,
+    workers: usize,
+    shutdown_timeout_secs: u64,
+) -> std::io::Result<Server> {
+    let metrics = http_metrics(&state.metrics.registry).map_err(std::io::Error::other)?;
+    let data = web::Data::new(state);
+    let mut server = HttpServer::new(move || app(data.clone(), metrics.clone()))
+        .listen(listener)?
+        .shutdown_timeout(shutdown_timeout_secs)
+        .disable_signals();
+    if workers > 0 {
+        server = server.workers(workers);
+    }
+    Ok(server.run())
+}

@@ -166,7 +166,11 @@ impl Default for Config {
 }
 
 fn secs(s: u64) -> Duration {
-    Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000).min(i64::MAX / 1000))
+    Duration::seconds(
+        i64::try_from(s)
+            .unwrap_or(i64::MAX / 1000)
+            .min(i64::MAX / 1000),
+    )
 }
 
 impl Config {
@@ -208,7 +212,10 @@ impl Config {
 
     /// The base URL of links in emails (no trailing slash).
     pub fn public_url(&self) -> String {
-        let url = self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen));
+        let url = self
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen));
         url.trim_end_matches('/').to_owned()
     }
 
@@ -303,7 +310,9 @@ fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
         .map(|s| {
             s.parse::<IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| serde::de::Error::custom(format!("`{s}` is not an IP address or CIDR")))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("`{s}` is not an IP address or CIDR"))
+                })
         })
         .collect()
 }

@@ -1,19 +1,23 @@
 //! The Prometheus metrics of DESIGN.md section 3 ("Operations"), in one registry shared by
-//! the API, the tenant actors and the mail worker. No metric carries a tenant or user label:
+//! the API, the tenant actors and the mail worker. The HTTP metrics
+//! ([`HTTP_REQUESTS`], [`HTTP_DURATION`]) are added to the same registry by the API's middleware. No metric carries a tenant or user label:
 //! their number is unbounded.
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+/// Name of the HTTP request counter, `{method,route,status}`; registered by the API's
+/// metrics middleware in the same registry.
+pub const HTTP_REQUESTS: &str = "latchkey_http_requests_total";
+/// Name of the HTTP latency histogram, `{method,route,status}` (seconds).
+pub const HTTP_DURATION: &str = "latchkey_http_request_duration_seconds";
 
 /// Every metric Latchkey exports, registered in [`Metrics::registry`].
 #[derive(Clone, Debug)]
 pub struct Metrics {
     /// The registry `/metrics` renders.
     pub registry: Registry,
-    /// `latchkey_http_requests_total{method,route,status}`: answered HTTP requests; `route`
-    /// is the route pattern (e.g. `/api/v1/agents/{id}`), never the raw path.
-    pub http_requests: IntCounterVec,
-    /// `latchkey_http_request_duration_seconds{method,route}`.
-    pub http_duration: HistogramVec,
     /// `latchkey_otp_verifications_total{method,outcome}`; outcome is `success`, `invalid`,
     /// `expired`, `replayed` or `blocked`.
     pub otp_verifications: IntCounterVec,
@@ -39,37 +43,46 @@ impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
-        let http_requests = IntCounterVec::new(
-            Opts::new("latchkey_http_requests_total", "HTTP requests answered"),
-            &["method", "route", "status"],
-        )?;
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new("latchkey_http_request_duration_seconds", "HTTP request duration in seconds")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
-            &["method", "route"],
-        )?;
         let otp_verifications = IntCounterVec::new(
-            Opts::new("latchkey_otp_verifications_total", "Second-factor code verifications by outcome"),
+            Opts::new(
+                "latchkey_otp_verifications_total",
+                "Second-factor code verifications by outcome",
+            ),
             &["method", "outcome"],
         )?;
-        let otp_blocks = IntCounter::new("latchkey_otp_blocks_total", "Users blocked after too many wrong codes")?;
+        let otp_blocks = IntCounter::new(
+            "latchkey_otp_blocks_total",
+            "Users blocked after too many wrong codes",
+        )?;
         let email_jobs = IntCounterVec::new(
-            Opts::new("latchkey_email_jobs_total", "Email jobs by kind and outcome"),
+            Opts::new(
+                "latchkey_email_jobs_total",
+                "Email jobs by kind and outcome",
+            ),
             &["kind", "outcome"],
         )?;
         let email_delivery = HistogramVec::new(
-            HistogramOpts::new("latchkey_email_delivery_seconds", "Seconds from enqueue to SMTP acceptance")
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            HistogramOpts::new(
+                "latchkey_email_delivery_seconds",
+                "Seconds from enqueue to SMTP acceptance",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
             &["kind"],
         )?;
         let tenant_actors = IntGauge::new("latchkey_tenant_actors", "Running tenant actors")?;
-        let email_queue_depth = IntGauge::new("latchkey_email_queue_depth", "Email jobs waiting in the queue")?;
-        let password_check = Histogram::with_opts(
-            HistogramOpts::new("latchkey_password_check_seconds", "Seconds spent verifying a password (argon2id)")
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+        let email_queue_depth = IntGauge::new(
+            "latchkey_email_queue_depth",
+            "Email jobs waiting in the queue",
         )?;
-        registry.register(Box::new(http_requests.clone()))?;
-        registry.register(Box::new(http_duration.clone()))?;
+        let password_check = Histogram::with_opts(
+            HistogramOpts::new(
+                "latchkey_password_check_seconds",
+                "Seconds spent verifying a password (argon2id)",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+        )?;
         registry.register(Box::new(otp_verifications.clone()))?;
         registry.register(Box::new(otp_blocks.clone()))?;
         registry.register(Box::new(email_jobs.clone()))?;
@@ -91,8 +104,6 @@ impl Metrics {
         }
         Ok(Self {
             registry,
-            http_requests,
-            http_duration,
             otp_verifications,
             otp_blocks,
             email_jobs,
@@ -116,10 +127,8 @@ mod tests {
     #[test]
     fn renders_every_family() {
         let m = Metrics::new().unwrap();
-        m.http_requests.with_label_values(&["GET", "/healthz", "200"]).inc();
         let text = m.render().unwrap();
         for name in [
-            "latchkey_http_requests_total",
             "latchkey_otp_verifications_total",
             "latchkey_email_jobs_total",
             "latchkey_email_delivery_seconds",

@@ -25,7 +25,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
     }
 }
 
@@ -45,7 +47,10 @@ impl Store {
 
     /// Runs `f` with a pooled connection, on the current thread (CLI and tests only).
     pub fn run_blocking<T>(&self, f: impl FnOnce(&mut DbConn) -> StoreResult<T>) -> StoreResult<T> {
-        let mut conn = self.pool.get().map_err(|e| StoreError::Pool(e.to_string()))?;
+        let mut conn = self
+            .pool
+            .get()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
         f(&mut conn)
     }
 

@@ -6,10 +6,10 @@ use latchkey_core::otp::OtpLockout;
 use latchkey_core::{Method, Role, TenantId, UserId};
 
 use super::Page;
+use crate::DbConn;
 use crate::error::StoreResult;
 use crate::model::{User, at, at_opt, ms, parse, parse_opt};
 use crate::schema::users;
-use crate::DbConn;
 
 #[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = users)]
@@ -61,7 +61,9 @@ pub fn insert(conn: &mut DbConn, u: &User) -> StoreResult<()> {
         created_at: ms(u.created_at),
         updated_at: ms(u.created_at),
     };
-    diesel::insert_into(users::table).values(&row).execute(conn)?;
+    diesel::insert_into(users::table)
+        .values(&row)
+        .execute(conn)?;
     Ok(())
 }
 
@@ -91,11 +93,19 @@ pub fn by_id(conn: &mut DbConn, tenant: TenantId, id: UserId) -> StoreResult<Opt
 
 /// Users of `tenant` in creation order, after the cursor.
 pub fn list(conn: &mut DbConn, tenant: TenantId, page: Page<'_>) -> StoreResult<Vec<User>> {
-    let mut q = users::table.filter(users::tenant_id.eq(tenant.to_string())).into_boxed();
+    let mut q = users::table
+        .filter(users::tenant_id.eq(tenant.to_string()))
+        .into_boxed();
     if let Some(after) = page.after {
         q = q.filter(users::id.gt(after.to_owned()));
     }
-    q.order(users::id.asc()).limit(page.limit).select(Row::as_select()).load(conn)?.into_iter().map(Row::into_user).collect()
+    q.order(users::id.asc())
+        .limit(page.limit)
+        .select(Row::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(Row::into_user)
+        .collect()
 }
 
 /// Number of admins of `tenant`.
@@ -112,7 +122,12 @@ pub fn count_admins(conn: &mut DbConn, tenant: TenantId) -> StoreResult<i64> {
 /// [`write_tx`](crate::write_tx) already holds the database's write lock.
 pub fn lock(conn: &mut DbConn, id: UserId) -> StoreResult<()> {
     if let DbConn::Pg(pg) = conn {
-        users::table.find(id.to_string()).select(users::id).for_update().first::<String>(pg).optional()?;
+        users::table
+            .find(id.to_string())
+            .select(users::id)
+            .for_update()
+            .first::<String>(pg)
+            .optional()?;
     }
     Ok(())
 }
@@ -122,7 +137,12 @@ pub fn lock(conn: &mut DbConn, id: UserId) -> StoreResult<()> {
 pub fn lock_tenant(conn: &mut DbConn, tenant: TenantId) -> StoreResult<()> {
     if let DbConn::Pg(pg) = conn {
         use crate::schema::tenants;
-        tenants::table.find(tenant.to_string()).select(tenants::id).for_update().first::<String>(pg).optional()?;
+        tenants::table
+            .find(tenant.to_string())
+            .select(tenants::id)
+            .for_update()
+            .first::<String>(pg)
+            .optional()?;
     }
     Ok(())
 }
@@ -157,20 +177,33 @@ pub fn update_profile(
 ) -> StoreResult<()> {
     let id = id.to_string();
     if let Some(name) = name {
-        diesel::update(users::table.find(&id)).set(users::name.eq(name)).execute(conn)?;
+        diesel::update(users::table.find(&id))
+            .set(users::name.eq(name))
+            .execute(conn)?;
     }
     if let Some(email) = email {
-        diesel::update(users::table.find(&id)).set(users::email.eq(email)).execute(conn)?;
+        diesel::update(users::table.find(&id))
+            .set(users::email.eq(email))
+            .execute(conn)?;
     }
     if let Some(role) = role {
-        diesel::update(users::table.find(&id)).set(users::role.eq(role.as_str())).execute(conn)?;
+        diesel::update(users::table.find(&id))
+            .set(users::role.eq(role.as_str()))
+            .execute(conn)?;
     }
-    diesel::update(users::table.find(&id)).set(users::updated_at.eq(ms(now))).execute(conn)?;
+    diesel::update(users::table.find(&id))
+        .set(users::updated_at.eq(ms(now)))
+        .execute(conn)?;
     Ok(())
 }
 
 /// Replaces the password hash.
-pub fn set_password(conn: &mut DbConn, id: UserId, hash: &str, now: DateTime<Utc>) -> StoreResult<()> {
+pub fn set_password(
+    conn: &mut DbConn,
+    id: UserId,
+    hash: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
     diesel::update(users::table.find(id.to_string()))
         .set((users::password_hash.eq(hash), users::updated_at.eq(ms(now))))
         .execute(conn)?;

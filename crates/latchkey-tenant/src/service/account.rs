@@ -3,7 +3,9 @@
 
 use latchkey_core::{AuditKind, Role, SessionId, TenantId, UserId};
 use latchkey_store::model::{Tenant, TwoFactorPolicy, User};
-use latchkey_store::repo::{Page, challenges, email_codes, enrollments, reset_tokens, sessions, tenants, users};
+use latchkey_store::repo::{
+    Page, challenges, email_codes, enrollments, reset_tokens, sessions, tenants, users,
+};
 use latchkey_store::{DbConn, StoreError, StoreResult};
 use serde_json::json;
 
@@ -42,10 +44,18 @@ fn conflict_as(e: StoreError, err: Error) -> Error {
 pub fn check_slug(slug: &str) -> Result<()> {
     let ok = !slug.is_empty()
         && slug.len() <= 63
-        && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !slug.starts_with('-')
         && !slug.ends_with('-');
-    if ok { Ok(()) } else { Err(Error::InvalidRequest("slug must be 1 to 63 of a-z, 0-9 and inner hyphens".into())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(
+            "slug must be 1 to 63 of a-z, 0-9 and inner hyphens".into(),
+        ))
+    }
 }
 
 impl Service {
@@ -53,7 +63,13 @@ impl Service {
     /// first admin.
     ///
     /// Errors: `InvalidRequest`, `TenantExists`.
-    pub async fn create_tenant(&self, ctx: &RequestCtx, slug: &str, name: &str, admin: NewUser) -> Result<(Tenant, UserView)> {
+    pub async fn create_tenant(
+        &self,
+        ctx: &RequestCtx,
+        slug: &str,
+        name: &str,
+        admin: NewUser,
+    ) -> Result<(Tenant, UserView)> {
         check_slug(slug)?;
         let name = clean_name(name)?;
         let email = clean_email(&admin.email)?;
@@ -61,7 +77,13 @@ impl Service {
         check_new_password(&admin.password)?;
         let hash = self.hash_password(&admin.password).await?;
         let now = ctx.now;
-        let tenant = Tenant { id: TenantId::new(), slug: slug.to_owned(), name, policy: TwoFactorPolicy::default(), created_at: now };
+        let tenant = Tenant {
+            id: TenantId::new(),
+            slug: slug.to_owned(),
+            name,
+            policy: TwoFactorPolicy::default(),
+            created_at: now,
+        };
         let user = User {
             id: UserId::new(),
             tenant_id: tenant.id,
@@ -79,7 +101,15 @@ impl Service {
             .write(move |c| {
                 tenants::insert(c, &t)?;
                 users::insert(c, &u)?;
-                Service::audit(c, &ctx, t.id, Some("operator".into()), Some(u.id), AuditKind::AgentCreated, json!({"role": "admin"}))
+                Service::audit(
+                    c,
+                    &ctx,
+                    t.id,
+                    Some("operator".into()),
+                    Some(u.id),
+                    AuditKind::AgentCreated,
+                    json!({"role": "admin"}),
+                )
             })
             .await
             .map_err(|e| conflict_as(e, Error::TenantExists))?;
@@ -110,7 +140,15 @@ impl Service {
         email_codes::void_for_user(conn, target.id, now)?;
         reset_tokens::void_for_user(conn, target.id, now)?;
         let detail = json!({"from": latchkey_core::email::mask(&target.email), "to": latchkey_core::email::mask(email)});
-        Service::audit(conn, ctx, target.tenant_id, Some(actor.to_string()), Some(target.id), AuditKind::EmailChanged, detail)
+        Service::audit(
+            conn,
+            ctx,
+            target.tenant_id,
+            Some(actor.to_string()),
+            Some(target.id),
+            AuditKind::EmailChanged,
+            detail,
+        )
     }
 
     /// `PATCH /api/v1/me`: name for anyone; email for admins only, with the password and a
@@ -134,7 +172,9 @@ impl Service {
                     return Err(Error::EmailChangeForbidden);
                 }
                 let email = clean_email(email)?;
-                let password = password.ok_or_else(|| Error::InvalidRequest("password is required to change the email".into()))?;
+                let password = password.ok_or_else(|| {
+                    Error::InvalidRequest("password is required to change the email".into())
+                })?;
                 self.require_step_up(auth, ctx.now)?;
                 self.confirm_password(ctx, &auth.user, password).await?;
                 Some(email).filter(|e| *e != auth.user.email)
@@ -153,7 +193,8 @@ impl Service {
                 if let Some(name) = &name {
                     users::update_profile(c, user.id, Some(name), None, None, ctx.now)?;
                 }
-                let fresh = users::by_id(c, user.tenant_id, user.id)?.ok_or(StoreError::Corrupt("user vanished"))?;
+                let fresh = users::by_id(c, user.tenant_id, user.id)?
+                    .ok_or(StoreError::Corrupt("user vanished"))?;
                 svc.user_view(c, &fresh)
             })
             .await
@@ -164,7 +205,13 @@ impl Service {
     /// user's other sessions.
     ///
     /// Errors: `InvalidPassword`, `InvalidRequest` (rules), `RateLimited`.
-    pub async fn change_password(&self, ctx: &RequestCtx, auth: &Auth, current: &str, new: &str) -> Result<()> {
+    pub async fn change_password(
+        &self,
+        ctx: &RequestCtx,
+        auth: &Auth,
+        current: &str,
+        new: &str,
+    ) -> Result<()> {
         check_new_password(new)?;
         self.confirm_password(ctx, &auth.user, current).await?;
         let hash = self.hash_password(new).await?;
@@ -175,24 +222,47 @@ impl Service {
             .write(move |c| {
                 users::set_password(c, user.id, &hash, ctx.now)?;
                 sessions::delete_for_user(c, user.id, Some(keep))?;
-                Service::audit(c, &ctx, user.tenant_id, Some(user.id.to_string()), Some(user.id), AuditKind::PasswordChanged, json!({}))
+                Service::audit(
+                    c,
+                    &ctx,
+                    user.tenant_id,
+                    Some(user.id.to_string()),
+                    Some(user.id),
+                    AuditKind::PasswordChanged,
+                    json!({}),
+                )
             })
             .await?;
         Ok(())
     }
 
     /// `GET /api/v1/agents` (admin): the tenant's users in creation order.
-    pub async fn list_users(&self, auth: &Auth, after: Option<UserId>, limit: i64) -> Result<Vec<UserView>> {
+    pub async fn list_users(
+        &self,
+        auth: &Auth,
+        after: Option<UserId>,
+        limit: i64,
+    ) -> Result<Vec<UserView>> {
         Service::require_admin(auth)?;
         let tenant = auth.tenant.id;
         Ok(self
             .store
             .run(move |c| {
                 let after = after.map(|a| a.to_string());
-                let list = users::list(c, tenant, Page { after: after.as_deref(), limit })?;
+                let list = users::list(
+                    c,
+                    tenant,
+                    Page {
+                        after: after.as_deref(),
+                        limit,
+                    },
+                )?;
                 let ids: Vec<UserId> = list.iter().map(|u| u.id).collect();
                 let methods = enrollments::methods_of_many(c, &ids)?;
-                Ok(list.iter().map(|u| UserView::new(u, methods.get(&u.id).copied().unwrap_or_default())).collect())
+                Ok(list
+                    .iter()
+                    .map(|u| UserView::new(u, methods.get(&u.id).copied().unwrap_or_default()))
+                    .collect())
             })
             .await?)
     }
@@ -201,7 +271,12 @@ impl Service {
     /// second factor.
     ///
     /// Errors: `Forbidden`, `StepUpRequired`, `InvalidRequest`, `EmailTaken`.
-    pub async fn create_user(&self, ctx: &RequestCtx, auth: &Auth, new: NewUser) -> Result<UserView> {
+    pub async fn create_user(
+        &self,
+        ctx: &RequestCtx,
+        auth: &Auth,
+        new: NewUser,
+    ) -> Result<UserView> {
         Service::require_admin(auth)?;
         if new.role == Role::Admin {
             self.require_step_up(auth, ctx.now)?;
@@ -228,7 +303,15 @@ impl Service {
             .write(move |c| {
                 users::lock_tenant(c, u.tenant_id)?;
                 users::insert(c, &u)?;
-                Service::audit(c, &ctx, u.tenant_id, Some(actor), Some(u.id), AuditKind::AgentCreated, json!({"role": u.role}))
+                Service::audit(
+                    c,
+                    &ctx,
+                    u.tenant_id,
+                    Some(actor),
+                    Some(u.id),
+                    AuditKind::AgentCreated,
+                    json!({"role": u.role}),
+                )
             })
             .await
             .map_err(|e| conflict_as(e, Error::EmailTaken))?;
@@ -242,7 +325,13 @@ impl Service {
     ///
     /// Errors: `Forbidden`, `NotFound` (also for another tenant's user), `StepUpRequired`,
     /// `LastAdmin`, `EmailTaken`, `InvalidRequest`.
-    pub async fn update_user(&self, ctx: &RequestCtx, auth: &Auth, id: UserId, changes: UserChanges) -> Result<UserView> {
+    pub async fn update_user(
+        &self,
+        ctx: &RequestCtx,
+        auth: &Auth,
+        id: UserId,
+        changes: UserChanges,
+    ) -> Result<UserView> {
         Service::require_admin(auth)?;
         let email = changes.email.as_deref().map(clean_email).transpose()?;
         let name = changes.name.as_deref().map(clean_name).transpose()?;
@@ -257,7 +346,9 @@ impl Service {
         self.store
             .write(move |c| {
                 users::lock_tenant(c, tenant)?;
-                let Some(target) = users::by_id(c, tenant, id)? else { return Ok(Err(Error::NotFound)) };
+                let Some(target) = users::by_id(c, tenant, id)? else {
+                    return Ok(Err(Error::NotFound));
+                };
                 users::lock(c, target.id)?;
                 if let Some(role) = changes.role.filter(|r| *r != target.role) {
                     if target.role == Role::Admin && users::count_admins(c, tenant)? <= 1 {
@@ -267,7 +358,15 @@ impl Service {
                     challenges::end_for_user(c, target.id, None, ctx.now)?;
                     email_codes::void_for_user(c, target.id, ctx.now)?;
                     let detail = json!({"from": target.role, "to": role});
-                    Service::audit(c, &ctx, tenant, Some(actor.to_string()), Some(target.id), AuditKind::RoleChanged, detail)?;
+                    Service::audit(
+                        c,
+                        &ctx,
+                        tenant,
+                        Some(actor.to_string()),
+                        Some(target.id),
+                        AuditKind::RoleChanged,
+                        detail,
+                    )?;
                 }
                 if let Some(email) = email.as_deref().filter(|e| *e != target.email) {
                     Service::change_email(c, &ctx, actor, &target, email, Some(keep))?;
@@ -275,7 +374,8 @@ impl Service {
                 if let Some(name) = &name {
                     users::update_profile(c, target.id, Some(name), None, None, ctx.now)?;
                 }
-                let fresh = users::by_id(c, tenant, id)?.ok_or(StoreError::Corrupt("user vanished"))?;
+                let fresh =
+                    users::by_id(c, tenant, id)?.ok_or(StoreError::Corrupt("user vanished"))?;
                 Ok(Ok(svc.user_view(c, &fresh)?))
             })
             .await

@@ -20,9 +20,17 @@ pub struct RecoveryView {
 }
 
 impl Service {
-    fn recovery_view(&self, conn: &mut DbConn, request: RecoveryRequest) -> StoreResult<RecoveryView> {
-        let user = users::by_id(conn, request.tenant_id, request.user_id)?.ok_or(StoreError::Corrupt("request without user"))?;
-        Ok(RecoveryView { user: self.user_view(conn, &user)?, request })
+    fn recovery_view(
+        &self,
+        conn: &mut DbConn,
+        request: RecoveryRequest,
+    ) -> StoreResult<RecoveryView> {
+        let user = users::by_id(conn, request.tenant_id, request.user_id)?
+            .ok_or(StoreError::Corrupt("request without user"))?;
+        Ok(RecoveryView {
+            user: self.user_view(conn, &user)?,
+            request,
+        })
     }
 
     /// `GET /api/v1/recovery-requests` (admin): newest first, optionally of one status.
@@ -40,7 +48,15 @@ impl Service {
             .store
             .run(move |c| {
                 let after = after.map(|a| a.to_string());
-                let list = recovery::list(c, tenant, status, Page { after: after.as_deref(), limit })?;
+                let list = recovery::list(
+                    c,
+                    tenant,
+                    status,
+                    Page {
+                        after: after.as_deref(),
+                        limit,
+                    },
+                )?;
                 list.into_iter().map(|r| svc.recovery_view(c, r)).collect()
             })
             .await?)
@@ -51,7 +67,13 @@ impl Service {
     /// challenges); the next sign-in enrolls again.
     ///
     /// Errors: `Forbidden`, `NotFound` (also another tenant's), `RequestNotPending`.
-    pub async fn decide_recovery(&self, ctx: &RequestCtx, auth: &Auth, id: RecoveryRequestId, approve: bool) -> Result<RecoveryView> {
+    pub async fn decide_recovery(
+        &self,
+        ctx: &RequestCtx,
+        auth: &Auth,
+        id: RecoveryRequestId,
+        approve: bool,
+    ) -> Result<RecoveryView> {
         Service::require_admin(auth)?;
         let tenant = auth.tenant.id;
         let admin = auth.user.id;
@@ -59,9 +81,15 @@ impl Service {
         let ctx = ctx.clone();
         self.store
             .write(move |c| {
-                let Some(request) = recovery::by_id(c, tenant, id)? else { return Ok(Err(Error::NotFound)) };
+                let Some(request) = recovery::by_id(c, tenant, id)? else {
+                    return Ok(Err(Error::NotFound));
+                };
                 users::lock(c, request.user_id)?;
-                let status = if approve { RecoveryStatus::Approved } else { RecoveryStatus::Dismissed };
+                let status = if approve {
+                    RecoveryStatus::Approved
+                } else {
+                    RecoveryStatus::Dismissed
+                };
                 if !recovery::decide(c, id, status, admin, ctx.now)? {
                     return Ok(Err(Error::RequestNotPending));
                 }
@@ -71,36 +99,80 @@ impl Service {
                 } else {
                     AuditKind::RecoveryDismissed
                 };
-                Service::audit(c, &ctx, tenant, Some(admin.to_string()), Some(request.user_id), kind, json!({"request_id": id}))?;
-                let decided = recovery::by_id(c, tenant, id)?.ok_or(StoreError::Corrupt("request vanished"))?;
+                Service::audit(
+                    c,
+                    &ctx,
+                    tenant,
+                    Some(admin.to_string()),
+                    Some(request.user_id),
+                    kind,
+                    json!({"request_id": id}),
+                )?;
+                let decided = recovery::by_id(c, tenant, id)?
+                    .ok_or(StoreError::Corrupt("request vanished"))?;
                 Ok(Ok(svc.recovery_view(c, decided)?))
             })
             .await?
     }
 
     /// `GET /api/v1/audit-events` (admin): newest first, filtered.
-    pub async fn audit_events(&self, auth: &Auth, filter: AuditFilter, after: Option<String>, limit: i64) -> Result<Vec<AuditEvent>> {
+    pub async fn audit_events(
+        &self,
+        auth: &Auth,
+        filter: AuditFilter,
+        after: Option<String>,
+        limit: i64,
+    ) -> Result<Vec<AuditEvent>> {
         Service::require_admin(auth)?;
         let tenant = auth.tenant.id;
-        Ok(self.store.run(move |c| audit::list(c, tenant, &filter, Page { after: after.as_deref(), limit })).await?)
+        Ok(self
+            .store
+            .run(move |c| {
+                audit::list(
+                    c,
+                    tenant,
+                    &filter,
+                    Page {
+                        after: after.as_deref(),
+                        limit,
+                    },
+                )
+            })
+            .await?)
     }
 
     /// `POST /api/v1/tenants/{slug}/users/{id}/reset-2fa` (operator): recovers a user (e.g. a
     /// sole admin who lost both factors); audited as `operator_reset`.
     ///
     /// Errors: `NotFound` for an unknown tenant or user.
-    pub async fn operator_reset(&self, ctx: &RequestCtx, slug: &str, user: UserId) -> Result<UserView> {
+    pub async fn operator_reset(
+        &self,
+        ctx: &RequestCtx,
+        slug: &str,
+        user: UserId,
+    ) -> Result<UserView> {
         let slug = slug.to_owned();
         let svc = self.clone();
         let ctx = ctx.clone();
-        self
-            .store
+        self.store
             .write(move |c| {
-                let Some(tenant) = tenants::by_slug(c, &slug)? else { return Ok(Err(Error::NotFound)) };
-                let Some(target) = users::by_id(c, tenant.id, user)? else { return Ok(Err(Error::NotFound)) };
+                let Some(tenant) = tenants::by_slug(c, &slug)? else {
+                    return Ok(Err(Error::NotFound));
+                };
+                let Some(target) = users::by_id(c, tenant.id, user)? else {
+                    return Ok(Err(Error::NotFound));
+                };
                 users::lock(c, target.id)?;
                 Service::reset_second_factor(c, target.id, ctx.now)?;
-                Service::audit(c, &ctx, tenant.id, Some("operator".into()), Some(target.id), AuditKind::OperatorReset, json!({}))?;
+                Service::audit(
+                    c,
+                    &ctx,
+                    tenant.id,
+                    Some("operator".into()),
+                    Some(target.id),
+                    AuditKind::OperatorReset,
+                    json!({}),
+                )?;
                 Ok(Ok(svc.user_view(c, &target)?))
             })
             .await?

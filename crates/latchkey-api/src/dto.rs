@@ -1,0 +1,658 @@
+//! Request and response bodies of the HTTP contract (DESIGN.md section 3).
+
+use chrono::{DateTime, Utc};
+use latchkey_core::{Method, Role};
+use latchkey_store::model::{AuditEvent, TwoFactorPolicy};
+use latchkey_tenant::{ChallengeView, RecoveryView, UserView};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// A second-factor method: `authenticator` (TOTP app) or `email` (emailed code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodDto {
+    /// An authenticator app (TOTP, RFC 6238).
+    Authenticator,
+    /// A 6-digit code sent by email.
+    Email,
+}
+
+impl From<MethodDto> for Method {
+    fn from(m: MethodDto) -> Self {
+        match m {
+            MethodDto::Authenticator => Method::Authenticator,
+            MethodDto::Email => Method::Email,
+        }
+    }
+}
+
+impl From<Method> for MethodDto {
+    fn from(m: Method) -> Self {
+        match m {
+            Method::Authenticator => MethodDto::Authenticator,
+            Method::Email => MethodDto::Email,
+        }
+    }
+}
+
+/// A user's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleDto {
+    /// Manages the tenant.
+    Admin,
+    /// Supervisor.
+    Supervisor,
+    /// Agent.
+    Agent,
+}
+
+impl From<RoleDto> for Role {
+    fn from(r: RoleDto) -> Self {
+        match r {
+            RoleDto::Admin => Role::Admin,
+            RoleDto::Supervisor => Role::Supervisor,
+            RoleDto::Agent => Role::Agent,
+        }
+    }
+}
+
+impl From<Role> for RoleDto {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Admin => RoleDto::Admin,
+            Role::Supervisor => RoleDto::Supervisor,
+            Role::Agent => RoleDto::Agent,
+        }
+    }
+}
+
+fn methods(list: &[Method]) -> Vec<MethodDto> {
+    list.iter().copied().map(MethodDto::from).collect()
+}
+
+/// A user's second-factor state.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TwoFactorState {
+    /// Enrolled methods.
+    pub enrolled: Vec<MethodDto>,
+    /// The method last verified with, if still enrolled.
+    pub preferred: Option<MethodDto>,
+}
+
+/// `User`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UserDto {
+    /// Id (UUID).
+    pub id: String,
+    /// Email address (lower-cased).
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Role.
+    pub role: RoleDto,
+    /// Second factor.
+    pub two_factor: TwoFactorState,
+}
+
+impl From<&UserView> for UserDto {
+    fn from(u: &UserView) -> Self {
+        Self {
+            id: u.id.to_string(),
+            email: u.email.clone(),
+            name: u.name.clone(),
+            role: u.role.into(),
+            two_factor: TwoFactorState {
+                enrolled: methods(&u.enrolled),
+                preferred: u.preferred.map(Into::into),
+            },
+        }
+    }
+}
+
+/// What the user must do next on a challenge.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NextDto {
+    /// Set up one of `methods`.
+    Enroll,
+    /// Enter a code of one of `methods`.
+    Verify,
+}
+
+/// `Challenge`: the second step of a sign-in.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChallengeDto {
+    /// Opaque token for the `/api/v1/auth/2fa/*` endpoints (never a bearer token).
+    pub challenge_token: String,
+    /// Expiry (RFC 3339).
+    pub expires_at: DateTime<Utc>,
+    /// `enroll` or `verify`.
+    pub next: NextDto,
+    /// Methods on offer.
+    pub methods: Vec<MethodDto>,
+    /// The user's address, masked.
+    pub email_masked: String,
+}
+
+impl From<&ChallengeView> for ChallengeDto {
+    fn from(c: &ChallengeView) -> Self {
+        Self {
+            challenge_token: c.token.expose().to_owned(),
+            expires_at: c.expires_at,
+            next: match c.next {
+                latchkey_store::model::NextAction::Enroll => NextDto::Enroll,
+                latchkey_store::model::NextAction::Verify => NextDto::Verify,
+            },
+            methods: methods(&c.methods),
+            email_masked: c.email_masked.clone(),
+        }
+    }
+}
+
+/// `POST /api/v1/tenants` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateTenantRequest {
+    /// Slug users type at sign-in: 1–63 of `a-z`, `0-9`, inner `-`.
+    pub slug: String,
+    /// Display name (the authenticator issuer).
+    pub name: String,
+    /// The first admin.
+    pub admin: NewAdmin,
+}
+
+/// The first admin of a tenant.
+#[derive(Deserialize, ToSchema)]
+pub struct NewAdmin {
+    /// Email address.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Password (8+ characters).
+    pub password: String,
+}
+
+impl std::fmt::Debug for NewAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewAdmin")
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/tenants` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantCreated {
+    /// Tenant id.
+    pub id: String,
+    /// Slug.
+    pub slug: String,
+    /// Name.
+    pub name: String,
+    /// The first admin.
+    pub admin: UserDto,
+}
+
+/// `POST /api/v1/auth` body.
+#[derive(Deserialize, ToSchema)]
+pub struct SignInRequest {
+    /// Tenant slug.
+    pub tenant: String,
+    /// Email address (compared case-insensitively).
+    pub email: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for SignInRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignInRequest")
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/auth` answer: a session (2FA off or after verification) or a challenge.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignInResponse {
+    /// Bearer token; `null` until the second factor is verified.
+    pub authentication_token: Option<String>,
+    /// Expiry of the token; `null` with it.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The user.
+    pub user: UserDto,
+    /// The challenge while 2FA is on, else `null`.
+    pub two_factor: Option<ChallengeDto>,
+}
+
+/// A body carrying only a challenge token.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChallengeRequest {
+    /// The challenge token from sign-in.
+    pub challenge_token: String,
+}
+
+/// `POST /api/v1/auth/2fa/authenticator/setup` answer.
+#[derive(Serialize, ToSchema)]
+pub struct AuthenticatorSetup {
+    /// The setup key: base32, no padding (160 bits).
+    pub secret: String,
+    /// `otpauth://totp/ISSUER:ACCOUNT?secret=..&issuer=..&algorithm=SHA1&digits=6&period=30`.
+    pub otpauth_uri: String,
+    /// PNG QR code of `otpauth_uri`, base64.
+    pub qr_png: String,
+}
+
+/// `POST /api/v1/auth/2fa/authenticator/confirm` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ConfirmRequest {
+    /// The challenge token.
+    pub challenge_token: String,
+    /// A code from the app: exactly 6 ASCII digits, as a string.
+    pub code: String,
+}
+
+/// `POST /api/v1/auth/2fa/authenticator/confirm` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConfirmResponse {
+    /// The enrolled method.
+    pub enrolled: MethodDto,
+    /// Always `null`: sign in again.
+    pub authentication_token: Option<String>,
+    /// Always `login`.
+    pub next: String,
+}
+
+/// `POST /api/v1/auth/2fa/email/send` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmailSentResponse {
+    /// Where the code went, masked.
+    pub email_masked: String,
+    /// When the code expires.
+    pub expires_at: DateTime<Utc>,
+    /// When another code may be asked for.
+    pub resend_available_at: DateTime<Utc>,
+    /// Sends left in the sliding window.
+    pub sends_remaining: u32,
+}
+
+/// `POST /api/v1/auth/2fa/verify` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VerifyRequest {
+    /// The challenge token.
+    pub challenge_token: String,
+    /// `authenticator` or `email`.
+    pub method: MethodDto,
+    /// Exactly 6 ASCII digits, as a string.
+    pub code: String,
+}
+
+/// A session: `POST /api/v1/auth/2fa/verify` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionResponse {
+    /// Bearer token.
+    pub authentication_token: String,
+    /// Its expiry.
+    pub expires_at: DateTime<Utc>,
+    /// The user.
+    pub user: UserDto,
+}
+
+/// `RecoveryRequest`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecoveryRequestDto {
+    /// Id.
+    pub id: String,
+    /// The requesting user.
+    pub user: UserDto,
+    /// `pending`, `approved` or `dismissed`.
+    pub status: String,
+    /// Client IP of the request.
+    pub ip: Option<String>,
+    /// User agent of the request.
+    pub user_agent: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Decision time.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// Id of the deciding admin.
+    pub decided_by: Option<String>,
+}
+
+impl From<&RecoveryView> for RecoveryRequestDto {
+    fn from(v: &RecoveryView) -> Self {
+        let r = &v.request;
+        Self {
+            id: r.id.to_string(),
+            user: (&v.user).into(),
+            status: r.status.as_str().to_owned(),
+            ip: r.ip.clone(),
+            user_agent: r.user_agent.clone(),
+            created_at: r.created_at,
+            decided_at: r.decided_at,
+            decided_by: r.decided_by.map(|u| u.to_string()),
+        }
+    }
+}
+
+/// `POST /api/v1/auth/2fa/recovery` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecoveryResponse {
+    /// `admin_approval` (agents, supervisors) or `email_link` (admins).
+    pub kind: String,
+    /// The pending request (`admin_approval`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<RecoveryRequestDto>,
+    /// Where the link went, masked (`email_link`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_masked: Option<String>,
+}
+
+/// `POST /api/v1/auth/2fa/reset` body.
+#[derive(Deserialize, ToSchema)]
+pub struct ResetRequest {
+    /// The token of the emailed link.
+    pub token: String,
+}
+
+impl std::fmt::Debug for ResetRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResetRequest(<redacted>)")
+    }
+}
+
+/// `POST /api/v1/auth/2fa/reset` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResetResponse {
+    /// Always `true`.
+    pub reset: bool,
+}
+
+/// `PATCH /api/v1/me` body.
+#[derive(Deserialize, ToSchema)]
+pub struct UpdateMeRequest {
+    /// New display name.
+    pub name: Option<String>,
+    /// New email (admins only).
+    pub email: Option<String>,
+    /// The current password, required to change the email.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for UpdateMeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateMeRequest")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/me/password` body.
+#[derive(Deserialize, ToSchema)]
+pub struct PasswordChangeRequest {
+    /// The current password.
+    pub current_password: String,
+    /// The new password (8+ characters).
+    pub new_password: String,
+}
+
+impl std::fmt::Debug for PasswordChangeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordChangeRequest(<redacted>)")
+    }
+}
+
+/// Methods allowed per role.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoleMethods {
+    /// Admins.
+    pub admin: Vec<MethodDto>,
+    /// Supervisors.
+    pub supervisor: Vec<MethodDto>,
+    /// Agents.
+    pub agent: Vec<MethodDto>,
+}
+
+/// `GET /api/v1/settings/two-factor` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TwoFactorSettings {
+    /// Whether 2FA is required at sign-in.
+    pub enabled: bool,
+    /// Methods allowed per role.
+    pub methods: RoleMethods,
+}
+
+impl From<&TwoFactorPolicy> for TwoFactorSettings {
+    fn from(p: &TwoFactorPolicy) -> Self {
+        Self {
+            enabled: p.enabled,
+            methods: RoleMethods {
+                admin: methods(&p.admin.to_vec()),
+                supervisor: methods(&p.supervisor.to_vec()),
+                agent: methods(&p.agent.to_vec()),
+            },
+        }
+    }
+}
+
+/// `POST /api/v1/settings/two-factor/enable` body.
+#[derive(Deserialize, ToSchema)]
+pub struct EnableRequest {
+    /// The admin's password.
+    pub password: String,
+    /// The admin's method.
+    pub method: MethodDto,
+}
+
+impl std::fmt::Debug for EnableRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnableRequest")
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/settings/two-factor/enable` answer.
+#[derive(Serialize, ToSchema)]
+pub struct EnableResponse {
+    /// Token for `enable/confirm`: bound to this session, single-use.
+    pub setup_token: String,
+    /// The chosen method.
+    pub method: MethodDto,
+    /// Authenticator setup key (when a new authenticator is set up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Authenticator `otpauth://` URI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otpauth_uri: Option<String>,
+    /// Authenticator QR code, base64 PNG.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qr_png: Option<String>,
+    /// Where the code went, masked (email).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_masked: Option<String>,
+}
+
+/// `POST /api/v1/settings/two-factor/enable/confirm` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct EnableConfirmRequest {
+    /// The setup token.
+    pub setup_token: String,
+    /// Exactly 6 ASCII digits, as a string.
+    pub code: String,
+}
+
+/// The 2FA toggle.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnabledResponse {
+    /// Whether 2FA is on.
+    pub enabled: bool,
+}
+
+/// `POST /api/v1/settings/two-factor/disable` body.
+#[derive(Deserialize, ToSchema)]
+pub struct PasswordRequest {
+    /// The admin's password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for PasswordRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordRequest(<redacted>)")
+    }
+}
+
+/// `PUT /api/v1/settings/two-factor/methods` body: each list non-empty.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct MethodsRequest {
+    /// Methods for admins.
+    pub admin: Option<Vec<MethodDto>>,
+    /// Methods for supervisors.
+    pub supervisor: Option<Vec<MethodDto>>,
+    /// Methods for agents.
+    pub agent: Option<Vec<MethodDto>>,
+}
+
+/// `POST /api/v1/agents` body.
+#[derive(Deserialize, ToSchema)]
+pub struct CreateAgentRequest {
+    /// Email address.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Role.
+    pub role: RoleDto,
+    /// Initial password (8+ characters).
+    pub password: String,
+}
+
+impl std::fmt::Debug for CreateAgentRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateAgentRequest")
+            .field("email", &self.email)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `PATCH /api/v1/agents/{id}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateAgentRequest {
+    /// New email.
+    pub email: Option<String>,
+    /// New name.
+    pub name: Option<String>,
+    /// New role.
+    pub role: Option<RoleDto>,
+}
+
+/// A page of users.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserPage {
+    /// The users.
+    pub items: Vec<UserDto>,
+    /// Cursor of the next page, `null` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// A page of recovery requests.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecoveryPage {
+    /// The requests, newest first.
+    pub items: Vec<RecoveryRequestDto>,
+    /// Cursor of the next page, `null` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// An audit event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEventDto {
+    /// Id.
+    pub id: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Acting user id, `operator`, or `null`.
+    pub actor_id: Option<String>,
+    /// The user acted upon.
+    pub subject_id: Option<String>,
+    /// One of the audit kinds of DESIGN.md.
+    pub kind: String,
+    /// Client IP.
+    pub ip: Option<String>,
+    /// Client user agent.
+    pub user_agent: Option<String>,
+    /// Kind-specific details.
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+impl From<&AuditEvent> for AuditEventDto {
+    fn from(e: &AuditEvent) -> Self {
+        Self {
+            id: e.id.to_string(),
+            at: e.at,
+            actor_id: e.actor_id.clone(),
+            subject_id: e.subject_id.clone(),
+            kind: e.kind.as_str().to_owned(),
+            ip: e.ip.clone(),
+            user_agent: e.user_agent.clone(),
+            detail: e.detail.clone(),
+        }
+    }
+}
+
+/// A page of audit events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    /// The events, newest first.
+    pub items: Vec<AuditEventDto>,
+    /// Cursor of the next page, `null` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// List paging: `?limit=` (default 50, at most 200) and `?cursor=`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Items per page, 1 to 200 (default 50).
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// `GET /api/v1/recovery-requests` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RecoveryQuery {
+    /// `pending`, `approved` or `dismissed`.
+    pub status: Option<String>,
+    /// Items per page, 1 to 200 (default 50).
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// `GET /api/v1/audit-events` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Only events at or after this instant (RFC 3339).
+    pub since: Option<String>,
+    /// Only events of this kind.
+    pub kind: Option<String>,
+    /// Only events about this user id.
+    pub subject_id: Option<String>,
+    /// Items per page, 1 to 200 (default 50).
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// `GET /readyz` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ok` or `down` per dependency.
+    pub database: String,
+    /// `ok` or `down`.
+    pub queue: String,
+}

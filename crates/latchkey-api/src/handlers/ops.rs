@@ -1,0 +1,65 @@
+//! Operations: `/healthz`, `/readyz`, `/metrics`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, get, web};
+
+use crate::dto::Readiness;
+use crate::error::{ApiError, Problem, problem_response};
+use crate::state::AppState;
+
+/// The process is up.
+#[utoipa::path(tag = "operations", responses((status = 200, description = "Up", body = String)))]
+#[get("/healthz")]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body("ok")
+}
+
+/// The database and the queue answer; otherwise 503 naming what is down.
+#[utoipa::path(
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "`unavailable`: the detail names what is down", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/readyz")]
+pub async fn readyz(st: web::Data<AppState>) -> HttpResponse {
+    let db = st.service.store().ping().await;
+    let queue = st.service.outbox().ping().await;
+    if let Err(e) = &db {
+        tracing::warn!(error = %e, "readiness: database down");
+    }
+    if let Err(e) = &queue {
+        tracing::warn!(error = %e, "readiness: queue down");
+    }
+    let down: Vec<&str> = [("database", db.is_err()), ("queue", queue.is_err())]
+        .into_iter()
+        .filter_map(|(name, is_down)| is_down.then_some(name))
+        .collect();
+    if down.is_empty() {
+        return HttpResponse::Ok().json(Readiness {
+            database: "ok".into(),
+            queue: "ok".into(),
+        });
+    }
+    problem_response(
+        &ApiError::Unavailable(format!("not ready: {} down", down.join(" and "))).problem(),
+    )
+}
+
+/// Prometheus metrics in the text format (no tenant or user labels).
+#[utoipa::path(tag = "operations", responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+#[get("/metrics")]
+pub async fn metrics(st: web::Data<AppState>) -> HttpResponse {
+    match st.metrics.render() {
+        Ok(text) => HttpResponse::build(StatusCode::OK)
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(text),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics rendering failed");
+            HttpResponse::InternalServerError().finish()
+        }
+    }
+}

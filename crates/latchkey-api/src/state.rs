@@ -1,0 +1,58 @@
+//! Shared state of the HTTP app.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ipnet::IpNet;
+use latchkey_core::Clock;
+use latchkey_core::metrics::Metrics;
+use latchkey_tenant::Service;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The use-cases.
+    pub service: Service,
+    /// The clock, read once per request.
+    pub clock: Arc<dyn Clock>,
+    /// The metrics registry.
+    pub metrics: Metrics,
+    /// Bearer token of operator endpoints (`None`: disabled).
+    pub operator_token: Option<String>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<Vec<IpNet>>,
+    /// The global per-client-IP limiter of unauthenticated endpoints.
+    pub ip_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// The state; `per_ip_per_minute` is the budget of unauthenticated requests per client IP.
+    pub fn new(
+        service: Service,
+        clock: Arc<dyn Clock>,
+        metrics: Metrics,
+        operator_token: Option<String>,
+        trusted_proxies: Vec<IpNet>,
+        per_ip_per_minute: u32,
+    ) -> Self {
+        let per_minute = NonZeroU32::new(per_ip_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        Self {
+            service,
+            clock,
+            metrics,
+            operator_token,
+            trusted_proxies: Arc::new(trusted_proxies),
+            ip_limiter: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Loading and checking the configuration: `LATCHKEY_*` environment variables over an
+//! optional `latchkey.toml`, over the documented defaults (DESIGN.md section 4); then the
+//! checks that fail start-up with a message naming the bad key.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use latchkey_core::crypto::ServerKey;
+use latchkey_core::{Config, Keys};
+use latchkey_store::Backend;
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+fn bad(key: &str, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("{key}: {why}"))
+}
+
+/// The configuration keys (the fields of [`Config`]), lower-case.
+fn known_keys() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Loads the configuration: defaults, then `file` (default `latchkey.toml` if present), then
+/// the environment (`LATCHKEY_<KEY>`; other `LATCHKEY_*` variables, such as the test
+/// settings, are ignored).
+pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    let path = file
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("latchkey.toml"));
+    if file.is_some() && !path.exists() {
+        return Err(bad(
+            "--config",
+            format!("{} does not exist", path.display()),
+        ));
+    }
+    let keys = known_keys();
+    let env = Env::prefixed("LATCHKEY_").filter(move |k| {
+        keys.iter()
+            .any(|known| k.as_str().eq_ignore_ascii_case(known))
+    });
+    let config: Config = Figment::from(Serialized::defaults(Config::default()))
+        .merge(Toml::file(&path))
+        .merge(env)
+        .extract()
+        .map_err(|e| ConfigError(e.to_string().replace("key \"default.", "key \"")))?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// Checks what can be checked without the services: URL schemes, the key's length, the
+/// limits, and that the data directory is writable (created if missing).
+pub fn validate(c: &Config) -> Result<(), ConfigError> {
+    Backend::of(&c.database_url()).map_err(|e| bad("LATCHKEY_DATABASE_URL", e))?;
+    if let Some(q) = &c.queue_url
+        && !(q.starts_with("redis://") || q.starts_with("rediss://"))
+    {
+        return Err(bad(
+            "LATCHKEY_QUEUE_URL",
+            "must be redis://… or rediss://… (unset: the embedded queue)",
+        ));
+    }
+    if let Some(s) = &c.smtp_url
+        && !(s.starts_with("smtp://") || s.starts_with("smtps://"))
+    {
+        return Err(bad(
+            "LATCHKEY_SMTP_URL",
+            "must be smtp://… or smtps://… (unset: .eml files in the outbox)",
+        ));
+    }
+    let public = c.public_url();
+    if !(public.starts_with("http://") || public.starts_with("https://")) {
+        return Err(bad(
+            "LATCHKEY_PUBLIC_URL",
+            "must start with http:// or https://",
+        ));
+    }
+    if let Some(key) = &c.secret_key {
+        ServerKey::parse(&key.0).map_err(|e| bad("LATCHKEY_SECRET_KEY", e))?;
+    }
+    if c.operator_token.as_ref().is_some_and(|t| t.0.len() < 16) {
+        return Err(bad(
+            "LATCHKEY_OPERATOR_TOKEN",
+            "must be at least 16 characters",
+        ));
+    }
+    for (key, value) in [
+        ("LATCHKEY_EMAIL_OTP_TTL_SECS", c.email_otp_ttl_secs),
+        ("LATCHKEY_EMAIL_OTP_WINDOW_SECS", c.email_otp_window_secs),
+        ("LATCHKEY_OTP_BLOCK_SECS", c.otp_block_secs),
+        ("LATCHKEY_CHALLENGE_TTL_SECS", c.challenge_ttl_secs),
+        ("LATCHKEY_RESET_LINK_TTL_SECS", c.reset_link_ttl_secs),
+        ("LATCHKEY_SESSION_TTL_SECS", c.session_ttl_secs),
+        ("LATCHKEY_SIGNIN_WINDOW_SECS", c.signin_window_secs),
+        ("LATCHKEY_TENANT_IDLE_SECS", c.tenant_idle_secs),
+    ] {
+        if value == 0 {
+            return Err(bad(key, "must be greater than 0"));
+        }
+    }
+    for (key, value) in [
+        ("LATCHKEY_EMAIL_OTP_MAX_SENDS", c.email_otp_max_sends),
+        ("LATCHKEY_OTP_MAX_FAILURES", c.otp_max_failures),
+        ("LATCHKEY_SIGNIN_MAX_FAILURES", c.signin_max_failures),
+        (
+            "LATCHKEY_SIGNIN_PER_IP_PER_MINUTE",
+            c.signin_per_ip_per_minute,
+        ),
+        ("LATCHKEY_DB_POOL_SIZE", c.db_pool_size),
+        ("LATCHKEY_WORKER_CONCURRENCY", c.worker_concurrency),
+    ] {
+        if value == 0 {
+            return Err(bad(key, "must be greater than 0"));
+        }
+    }
+    latchkey_core::password::PasswordHasher::new(c.password_params())
+        .map(drop)
+        .map_err(|e| bad("LATCHKEY_ARGON2_*", e))?;
+    ensure_writable(&c.data_dir).map_err(|e| {
+        bad(
+            "LATCHKEY_DATA_DIR",
+            format!("{} is not writable: {e}", c.data_dir.display()),
+        )
+    })
+}
+
+fn ensure_writable(dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".latchkey-write-test-{}", std::process::id()));
+    fs::File::create(&probe)?.write_all(b"ok")?;
+    fs::remove_file(&probe)
+}
+
+/// The server key: `LATCHKEY_SECRET_KEY`, else `$DATA_DIR/secret.key`, generated (mode 0600)
+/// on first start.
+pub fn server_key(c: &Config) -> Result<ServerKey, ConfigError> {
+    if let Some(key) = &c.secret_key {
+        return ServerKey::parse(&key.0).map_err(|e| bad("LATCHKEY_SECRET_KEY", e));
+    }
+    let path = c.data_dir.join("secret.key");
+    match fs::read_to_string(&path) {
+        Ok(text) => ServerKey::parse(&text)
+            .map_err(|e| bad("LATCHKEY_DATA_DIR", format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = ServerKey::generate();
+            write_private(&path, key.to_base64().as_bytes()).map_err(|e| {
+                bad(
+                    "LATCHKEY_DATA_DIR",
+                    format!("cannot write {}: {e}", path.display()),
+                )
+            })?;
+            tracing::info!(path = %path.display(), "generated a new server key");
+            Ok(key)
+        }
+        Err(e) => Err(bad(
+            "LATCHKEY_DATA_DIR",
+            format!("cannot read {}: {e}", path.display()),
+        )),
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+/// The working keys of the configuration.
+pub fn keys(c: &Config) -> Result<Keys, ConfigError> {
+    server_key(c).map(|k| Keys::new(&k))
+}

@@ -1,0 +1,6 @@
+//! The `latchkey` binary's library: configuration loading and the wiring of the crates,
+//! shared by `main.rs` and the integration tests.
+
+pub mod app;
+pub mod config;
+pub mod logging;

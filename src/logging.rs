@@ -1,0 +1,21 @@
+//! Logs: `tracing` to stderr, human-readable or JSON (`LATCHKEY_LOG_FORMAT`), filtered by
+//! `RUST_LOG` (default `info`). Nothing logs a code, token, secret or password.
+
+use latchkey_core::config::LogFormat;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber (once; later calls are ignored).
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
