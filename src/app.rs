@@ -50,23 +50,13 @@ impl Core {
         let keys = config::keys(&config)?;
         let store = Store::open(&config.database_url(), config.db_pool_size)?;
         let metrics = Metrics::new().map_err(|e| StartError::Other(e.to_string()))?;
-        Ok(Self {
-            config: Arc::new(config),
-            store,
-            keys,
-            metrics,
-            clock,
-        })
+        Ok(Self { config: Arc::new(config), store, keys, metrics, clock })
     }
 
     /// The use-cases, with tenant actors on `arbiter` and mail going to `outbox`.
-    pub fn service(
-        &self,
-        outbox: Arc<dyn Outbox>,
-        arbiter: ArbiterHandle,
-    ) -> Result<Service, StartError> {
-        let hasher = PasswordHasher::new(self.config.password_params())
-            .map_err(|e| StartError::Other(e.to_string()))?;
+    pub fn service(&self, outbox: Arc<dyn Outbox>, arbiter: ArbiterHandle) -> Result<Service, StartError> {
+        let hasher =
+            PasswordHasher::new(self.config.password_params()).map_err(|e| StartError::Other(e.to_string()))?;
         let settings = ActorSettings {
             idle: Duration::from_secs(self.config.tenant_idle_secs),
             policy_ttl: Duration::from_millis(self.config.policy_cache_ms),

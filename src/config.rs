@@ -33,20 +33,13 @@ fn known_keys() -> Vec<String> {
 /// the environment (`LATCHKEY_<KEY>`; other `LATCHKEY_*` variables, such as the test
 /// settings, are ignored).
 pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-    let path = file
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("latchkey.toml"));
+    let path = file.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("latchkey.toml"));
     if file.is_some() && !path.exists() {
-        return Err(bad(
-            "--config",
-            format!("{} does not exist", path.display()),
-        ));
+        return Err(bad("--config", format!("{} does not exist", path.display())));
     }
     let keys = known_keys();
-    let env = Env::prefixed("LATCHKEY_").filter(move |k| {
-        keys.iter()
-            .any(|known| k.as_str().eq_ignore_ascii_case(known))
-    });
+    let env =
+        Env::prefixed("LATCHKEY_").filter(move |k| keys.iter().any(|known| k.as_str().eq_ignore_ascii_case(known)));
     let config: Config = Figment::from(Serialized::defaults(Config::default()))
         .merge(Toml::file(&path))
         .merge(env)
@@ -63,34 +56,22 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
     if let Some(q) = &c.queue_url
         && !(q.starts_with("redis://") || q.starts_with("rediss://"))
     {
-        return Err(bad(
-            "LATCHKEY_QUEUE_URL",
-            "must be redis://… or rediss://… (unset: the embedded queue)",
-        ));
+        return Err(bad("LATCHKEY_QUEUE_URL", "must be redis://… or rediss://… (unset: the embedded queue)"));
     }
     if let Some(s) = &c.smtp_url
         && !(s.starts_with("smtp://") || s.starts_with("smtps://"))
     {
-        return Err(bad(
-            "LATCHKEY_SMTP_URL",
-            "must be smtp://… or smtps://… (unset: .eml files in the outbox)",
-        ));
+        return Err(bad("LATCHKEY_SMTP_URL", "must be smtp://… or smtps://… (unset: .eml files in the outbox)"));
     }
     let public = c.public_url();
     if !(public.starts_with("http://") || public.starts_with("https://")) {
-        return Err(bad(
-            "LATCHKEY_PUBLIC_URL",
-            "must start with http:// or https://",
-        ));
+        return Err(bad("LATCHKEY_PUBLIC_URL", "must start with http:// or https://"));
     }
     if let Some(key) = &c.secret_key {
         ServerKey::parse(&key.0).map_err(|e| bad("LATCHKEY_SECRET_KEY", e))?;
     }
     if c.operator_token.as_ref().is_some_and(|t| t.0.len() < 16) {
-        return Err(bad(
-            "LATCHKEY_OPERATOR_TOKEN",
-            "must be at least 16 characters",
-        ));
+        return Err(bad("LATCHKEY_OPERATOR_TOKEN", "must be at least 16 characters"));
     }
     for (key, value) in [
         ("LATCHKEY_EMAIL_OTP_TTL_SECS", c.email_otp_ttl_secs),
@@ -110,10 +91,7 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
         ("LATCHKEY_EMAIL_OTP_MAX_SENDS", c.email_otp_max_sends),
         ("LATCHKEY_OTP_MAX_FAILURES", c.otp_max_failures),
         ("LATCHKEY_SIGNIN_MAX_FAILURES", c.signin_max_failures),
-        (
-            "LATCHKEY_SIGNIN_PER_IP_PER_MINUTE",
-            c.signin_per_ip_per_minute,
-        ),
+        ("LATCHKEY_SIGNIN_PER_IP_PER_MINUTE", c.signin_per_ip_per_minute),
         ("LATCHKEY_DB_POOL_SIZE", c.db_pool_size),
         ("LATCHKEY_WORKER_CONCURRENCY", c.worker_concurrency),
     ] {
@@ -124,12 +102,8 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
     latchkey_core::password::PasswordHasher::new(c.password_params())
         .map(drop)
         .map_err(|e| bad("LATCHKEY_ARGON2_*", e))?;
-    ensure_writable(&c.data_dir).map_err(|e| {
-        bad(
-            "LATCHKEY_DATA_DIR",
-            format!("{} is not writable: {e}", c.data_dir.display()),
-        )
-    })
+    ensure_writable(&c.data_dir)
+        .map_err(|e| bad("LATCHKEY_DATA_DIR", format!("{} is not writable: {e}", c.data_dir.display())))
 }
 
 fn ensure_writable(dir: &Path) -> std::io::Result<()> {
@@ -147,23 +121,15 @@ pub fn server_key(c: &Config) -> Result<ServerKey, ConfigError> {
     }
     let path = c.data_dir.join("secret.key");
     match fs::read_to_string(&path) {
-        Ok(text) => ServerKey::parse(&text)
-            .map_err(|e| bad("LATCHKEY_DATA_DIR", format!("{}: {e}", path.display()))),
+        Ok(text) => ServerKey::parse(&text).map_err(|e| bad("LATCHKEY_DATA_DIR", format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = ServerKey::generate();
-            write_private(&path, key.to_base64().as_bytes()).map_err(|e| {
-                bad(
-                    "LATCHKEY_DATA_DIR",
-                    format!("cannot write {}: {e}", path.display()),
-                )
-            })?;
+            write_private(&path, key.to_base64().as_bytes())
+                .map_err(|e| bad("LATCHKEY_DATA_DIR", format!("cannot write {}: {e}", path.display())))?;
             tracing::info!(path = %path.display(), "generated a new server key");
             Ok(key)
         }
-        Err(e) => Err(bad(
-            "LATCHKEY_DATA_DIR",
-            format!("cannot read {}: {e}", path.display()),
-        )),
+        Err(e) => Err(bad("LATCHKEY_DATA_DIR", format!("cannot read {}: {e}", path.display()))),
     }
 }
 

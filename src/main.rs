@@ -21,11 +21,7 @@ use latchkey_core::{Config, SystemClock};
 use latchkey_tenant::{MemoryOutbox, NewUser, RequestCtx};
 
 #[derive(Parser)]
-#[command(
-    name = "latchkey",
-    version,
-    about = "Multi-tenant two-factor authentication service"
-)]
+#[command(name = "latchkey", version, about = "Multi-tenant two-factor authentication service")]
 struct Cli {
     /// A TOML file with the same keys as the environment variables (default: ./latchkey.toml
     /// if present). The environment wins.
@@ -115,27 +111,15 @@ async fn run(command: Command, config: Config) -> Result<(), StartError> {
             Ok(())
         }
         Command::Tenant {
-            command:
-                TenantCommand::Create {
-                    slug,
-                    name,
-                    admin_email,
-                    admin_name,
-                    admin_password_stdin,
-                },
+            command: TenantCommand::Create { slug, name, admin_email, admin_name, admin_password_stdin },
         } => {
             let password = zeroize::Zeroizing::new(if admin_password_stdin {
                 let mut line = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut line)
-                    .map_err(|e| StartError::Other(format!("stdin: {e}")))?;
+                std::io::stdin().read_to_string(&mut line).map_err(|e| StartError::Other(format!("stdin: {e}")))?;
                 line.trim_end_matches(['\r', '\n']).to_owned()
             } else {
                 std::env::var("LATCHKEY_ADMIN_PASSWORD").map_err(|_| {
-                    StartError::Other(
-                        "give the password with --admin-password-stdin or LATCHKEY_ADMIN_PASSWORD"
-                            .into(),
-                    )
+                    StartError::Other("give the password with --admin-password-stdin or LATCHKEY_ADMIN_PASSWORD".into())
                 })?
             });
             let core = Core::open(config, Arc::new(SystemClock))?;
@@ -147,20 +131,12 @@ async fn run(command: Command, config: Config) -> Result<(), StartError> {
                 role: latchkey_core::Role::Admin,
                 password: password.to_string(),
             };
-            let (tenant, user) = service
-                .create_tenant(&ctx, &slug, &name, admin)
-                .await
-                .map_err(|e| StartError::Other(e.to_string()))?;
-            println!(
-                "created tenant {} ({}) with admin {} ({})",
-                tenant.slug, tenant.id, user.email, user.id
-            );
+            let (tenant, user) =
+                service.create_tenant(&ctx, &slug, &name, admin).await.map_err(|e| StartError::Other(e.to_string()))?;
+            println!("created tenant {} ({}) with admin {} ({})", tenant.slug, tenant.id, user.email, user.id);
             Ok(())
         }
-        Command::Serve {
-            no_worker,
-            http_workers,
-        } => serve(config, !no_worker, http_workers).await,
+        Command::Serve { no_worker, http_workers } => serve(config, !no_worker, http_workers).await,
         Command::Worker => Err(StartError::Other("the mail worker is not built yet".into())),
     }
 }
@@ -170,8 +146,8 @@ async fn serve(config: Config, _with_worker: bool, http_workers: usize) -> Resul
     let core = Core::open(config, Arc::new(SystemClock))?;
     let actors = Arbiter::new();
     let service = core.service(Arc::new(MemoryOutbox::default()), actors.handle())?;
-    let listener = TcpListener::bind(listen)
-        .map_err(|e| StartError::Other(format!("cannot listen on {listen}: {e}")))?;
+    let listener =
+        TcpListener::bind(listen).map_err(|e| StartError::Other(format!("cannot listen on {listen}: {e}")))?;
     let server = core.serve_http(service, listener, http_workers)?;
     let handle = server.handle();
     actix_rt::spawn(async move {
@@ -190,10 +166,7 @@ async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}

@@ -102,10 +102,7 @@ impl From<&UserView> for UserDto {
             email: u.email.clone(),
             name: u.name.clone(),
             role: u.role.into(),
-            two_factor: TwoFactorState {
-                enrolled: methods(&u.enrolled),
-                preferred: u.preferred.map(Into::into),
-            },
+            two_factor: TwoFactorState { enrolled: methods(&u.enrolled), preferred: u.preferred.map(Into::into) },
         }
     }
 }
@@ -174,9 +171,7 @@ pub struct NewAdmin {
 
 impl std::fmt::Debug for NewAdmin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewAdmin")
-            .field("email", &self.email)
-            .finish_non_exhaustive()
+        f.debug_struct("NewAdmin").field("email", &self.email).finish_non_exhaustive()
     }
 }
 
@@ -206,9 +201,7 @@ pub struct SignInRequest {
 
 impl std::fmt::Debug for SignInRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SignInRequest")
-            .field("tenant", &self.tenant)
-            .finish_non_exhaustive()
+        f.debug_struct("SignInRequest").field("tenant", &self.tenant).finish_non_exhaustive()
     }
 }
 
@@ -381,9 +374,7 @@ pub struct UpdateMeRequest {
 
 impl std::fmt::Debug for UpdateMeRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpdateMeRequest")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("UpdateMeRequest").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -446,9 +437,7 @@ pub struct EnableRequest {
 
 impl std::fmt::Debug for EnableRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnableRequest")
-            .field("method", &self.method)
-            .finish_non_exhaustive()
+        f.debug_struct("EnableRequest").field("method", &self.method).finish_non_exhaustive()
     }
 }
 

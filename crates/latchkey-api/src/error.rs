@@ -100,13 +100,9 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::UnsupportedMediaType => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
+            ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::HttpMethodNotAllowed => {
-                (StatusCode::METHOD_NOT_ALLOWED, "http_method_not_allowed")
-            }
+            ApiError::HttpMethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "http_method_not_allowed"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Domain(e) => (domain_status(e), e.code()),
         }
@@ -120,13 +116,10 @@ impl ApiError {
             other => other.to_string(),
         };
         let (attempts_remaining, retry_after_seconds) = match self {
-            ApiError::Domain(Domain::InvalidCode {
-                attempts_remaining,
-                retry_after,
-            }) => (Some(*attempts_remaining), *retry_after),
-            ApiError::Domain(Domain::CodeExpired { attempts_remaining }) => {
-                (Some(*attempts_remaining), None)
+            ApiError::Domain(Domain::InvalidCode { attempts_remaining, retry_after }) => {
+                (Some(*attempts_remaining), *retry_after)
             }
+            ApiError::Domain(Domain::CodeExpired { attempts_remaining }) => (Some(*attempts_remaining), None),
             ApiError::Domain(
                 Domain::RateLimited { retry_after }
                 | Domain::OtpBlocked { retry_after }
@@ -157,10 +150,9 @@ fn domain_status(e: &Domain) -> StatusCode {
         | Domain::InvalidToken
         | Domain::InvalidPassword
         | Domain::InvalidSetupToken => StatusCode::UNAUTHORIZED,
-        Domain::Forbidden
-        | Domain::MethodNotAllowed
-        | Domain::StepUpRequired
-        | Domain::EmailChangeForbidden => StatusCode::FORBIDDEN,
+        Domain::Forbidden | Domain::MethodNotAllowed | Domain::StepUpRequired | Domain::EmailChangeForbidden => {
+            StatusCode::FORBIDDEN
+        }
         Domain::NotFound => StatusCode::NOT_FOUND,
         Domain::TenantExists
         | Domain::EmailTaken
@@ -171,9 +163,9 @@ fn domain_status(e: &Domain) -> StatusCode {
         | Domain::RequestNotPending => StatusCode::CONFLICT,
         Domain::CodeExpired { .. } => StatusCode::GONE,
         Domain::OtpBlocked { .. } => StatusCode::LOCKED,
-        Domain::RateLimited { .. }
-        | Domain::ResendTooSoon { .. }
-        | Domain::SendLimitReached { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Domain::RateLimited { .. } | Domain::ResendTooSoon { .. } | Domain::SendLimitReached { .. } => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
         Domain::QueueUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         Domain::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -224,13 +216,8 @@ mod tests {
             Domain::TenantExists,
             Domain::EmailTaken,
             Domain::InvalidChallenge,
-            Domain::InvalidCode {
-                attempts_remaining: 1,
-                retry_after: None,
-            },
-            Domain::CodeExpired {
-                attempts_remaining: 1,
-            },
+            Domain::InvalidCode { attempts_remaining: 1, retry_after: None },
+            Domain::CodeExpired { attempts_remaining: 1 },
             Domain::OtpBlocked { retry_after: 1 },
             Domain::MethodNotAllowed,
             Domain::AlreadyEnrolled,
@@ -250,12 +237,7 @@ mod tests {
         ];
         for e in samples {
             let p = ApiError::Domain(e).problem();
-            assert!(
-                CODES.contains(&(p.code.as_str(), p.status)),
-                "{} {}",
-                p.code,
-                p.status
-            );
+            assert!(CODES.contains(&(p.code.as_str(), p.status)), "{} {}", p.code, p.status);
         }
     }
 
@@ -270,11 +252,6 @@ mod tests {
     fn waits_become_retry_after() {
         let res = ApiError::Domain(Domain::OtpBlocked { retry_after: 42 }).error_response();
         assert_eq!(res.status(), StatusCode::LOCKED);
-        assert_eq!(
-            res.headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok()),
-            Some("42")
-        );
+        assert_eq!(res.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("42"));
     }
 }

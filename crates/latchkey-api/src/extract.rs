@@ -20,8 +20,7 @@ use crate::state::AppState;
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 fn state(req: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
-    req.app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::Domain(Domain::Internal("app state missing".into())))
+    req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::Domain(Domain::Internal("app state missing".into())))
 }
 
 /// The client IP: the socket peer, unless the peer is a trusted proxy; then the nearest
@@ -39,13 +38,7 @@ pub fn client_ip(req: &HttpRequest, trusted: &[IpNet]) -> Option<IpAddr> {
         .flat_map(|v| v.split(','))
         .filter_map(|s| s.trim().parse::<IpAddr>().ok())
         .collect();
-    chain
-        .iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .or(chain.first())
-        .copied()
-        .or(Some(peer))
+    chain.iter().rev().find(|ip| !is_trusted(ip)).or(chain.first()).copied().or(Some(peer))
 }
 
 fn context(req: &HttpRequest, st: &AppState) -> RequestCtx {
@@ -54,11 +47,7 @@ fn context(req: &HttpRequest, st: &AppState) -> RequestCtx {
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(512).collect::<String>());
-    RequestCtx {
-        now: st.clock.now(),
-        ip: client_ip(req, &st.trusted_proxies).map(|ip| ip.to_string()),
-        user_agent,
-    }
+    RequestCtx { now: st.clock.now(), ip: client_ip(req, &st.trusted_proxies).map(|ip| ip.to_string()), user_agent }
 }
 
 /// The request context: the instant (the request's only clock read), client IP and UA.
@@ -77,10 +66,7 @@ impl FromRequest for Ctx {
 fn bearer(req: &HttpRequest) -> Option<String> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
-        .filter(|t| !t.is_empty())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned()).filter(|t| !t.is_empty())
 }
 
 /// A signed-in request (`Authorization: Bearer <authentication_token>`).
@@ -141,13 +127,9 @@ impl FromRequest for Operator {
 /// 400 `invalid_request` for malformed JSON and missing or mistyped fields.
 pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
     let api = match &err {
-        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
-            ApiError::PayloadTooLarge
-        }
+        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => ApiError::PayloadTooLarge,
         JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
-        JsonPayloadError::Deserialize(e) => {
-            ApiError::InvalidRequest(format!("invalid JSON body: {e}"))
-        }
+        JsonPayloadError::Deserialize(e) => ApiError::InvalidRequest(format!("invalid JSON body: {e}")),
         other => ApiError::InvalidRequest(format!("invalid JSON body: {other}")),
     };
     api.into()
@@ -165,7 +147,5 @@ pub fn path_error(_err: actix_web::error::PathError, _req: &HttpRequest) -> acti
 
 /// The JSON body settings: 1 MiB limit, problem errors.
 pub fn json_config() -> web::JsonConfig {
-    web::JsonConfig::default()
-        .limit(MAX_BODY_BYTES)
-        .error_handler(json_error)
+    web::JsonConfig::default().limit(MAX_BODY_BYTES).error_handler(json_error)
 }

@@ -14,9 +14,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{DefaultHeaders, ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
-use actix_web_prom::{
-    ActixMetricsConfiguration, LabelsConfiguration, PrometheusMetrics, PrometheusMetricsBuilder,
-};
+use actix_web_prom::{ActixMetricsConfiguration, LabelsConfiguration, PrometheusMetrics, PrometheusMetricsBuilder};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_actix_web::AppExt;
@@ -123,9 +121,7 @@ fn base_doc() -> utoipa::openapi::OpenApi {
 
 /// The OpenAPI 3.1 document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    register(App::new().into_utoipa_app().openapi(base_doc()))
-        .split_for_parts()
-        .1
+    register(App::new().into_utoipa_app().openapi(base_doc())).split_for_parts().1
 }
 
 /// The HTTP request metrics middleware (`latchkey_http_requests_total{method,route,status}`,
@@ -171,9 +167,7 @@ pub fn app(
     )
     .split_for_parts();
     app.service(SwaggerUi::new("/docs/{_:.*}").url("/api/v1/openapi.json", doc))
-        .default_service(web::to(|| async {
-            Err::<actix_web::HttpResponse, ApiError>(ApiError::NotFound)
-        }))
+        .default_service(web::to(|| async { Err::<actix_web::HttpResponse, ApiError>(ApiError::NotFound) }))
         .wrap(from_fn(middleware::ip_limit))
         .wrap(ErrorHandlers::new().default_handler(middleware::problem_for_any_error))
         .wrap(DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))

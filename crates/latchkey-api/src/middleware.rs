@@ -31,10 +31,7 @@ pub async fn ip_limit(
         && let Some(ip) = client_ip(req.request(), &st.trusted_proxies)
         && let Err(not_until) = st.ip_limiter.check_key(&ip)
     {
-        let retry_after = not_until
-            .wait_time_from(DefaultClock::default().now())
-            .as_secs()
-            .max(1);
+        let retry_after = not_until.wait_time_from(DefaultClock::default().now()).as_secs().max(1);
         return Err(ApiError::Domain(latchkey_tenant::Error::RateLimited { retry_after }).into());
     }
     next.call(req).await
@@ -52,10 +49,7 @@ pub async fn log_requests(
     let started = std::time::Instant::now();
     async move {
         let mut res = next.call(req).await?;
-        let route = res
-            .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".to_owned());
+        let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
         let status = res.status().as_u16();
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         if status >= 500 {
@@ -64,8 +58,7 @@ pub async fn log_requests(
             tracing::info!(%route, status, ms, "request");
         }
         if let Ok(v) = HeaderValue::from_str(&request_id) {
-            res.headers_mut()
-                .insert(header::HeaderName::from_static("x-request-id"), v);
+            res.headers_mut().insert(header::HeaderName::from_static("x-request-id"), v);
         }
         Ok(res)
     }
@@ -92,19 +85,13 @@ pub fn problem_for_any_error<B: MessageBody + 'static>(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
         StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable("service unavailable".into()),
-        s if s.is_client_error() => {
-            ApiError::InvalidRequest(s.canonical_reason().unwrap_or("bad request").to_owned())
-        }
-        _ => ApiError::Domain(latchkey_tenant::Error::Internal(
-            "unexpected error response".into(),
-        )),
+        s if s.is_client_error() => ApiError::InvalidRequest(s.canonical_reason().unwrap_or("bad request").to_owned()),
+        _ => ApiError::Domain(latchkey_tenant::Error::Internal("unexpected error response".into())),
     };
     let mut problem = api.problem();
     problem.status = res.status().as_u16();
     let (req, _) = res.into_parts();
     let response: actix_web::HttpResponse<BoxBody> = problem_response(&problem);
     let res = ServiceResponse::new(req, response).map_into_boxed_body();
-    Ok(ErrorHandlerResponse::Response(
-        res.map_body(|_, b| EitherBody::right(b)),
-    ))
+    Ok(ErrorHandlerResponse::Response(res.map_body(|_, b| EitherBody::right(b))))
 }

@@ -29,9 +29,7 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState")
-            .field("service", &self.service)
-            .finish_non_exhaustive()
+        f.debug_struct("AppState").field("service", &self.service).finish_non_exhaustive()
     }
 }
 

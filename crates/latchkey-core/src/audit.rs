@@ -94,10 +94,7 @@ mod tests {
         assert_eq!(AuditKind::ALL.len(), 19);
         for k in AuditKind::ALL {
             assert_eq!(k.as_str().parse::<AuditKind>().ok(), Some(*k));
-            assert_eq!(
-                serde_json::to_string(k).ok(),
-                Some(format!("\"{}\"", k.as_str()))
-            );
+            assert_eq!(serde_json::to_string(k).ok(), Some(format!("\"{}\"", k.as_str())));
         }
     }
 }

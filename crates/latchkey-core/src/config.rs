@@ -166,11 +166,7 @@ impl Default for Config {
 }
 
 fn secs(s: u64) -> Duration {
-    Duration::seconds(
-        i64::try_from(s)
-            .unwrap_or(i64::MAX / 1000)
-            .min(i64::MAX / 1000),
-    )
+    Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1000).min(i64::MAX / 1000))
 }
 
 impl Config {
@@ -205,17 +201,12 @@ impl Config {
 
     /// The database URL, defaulting to the SQLite file in the data directory.
     pub fn database_url(&self) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("latchkey.db").display()))
+        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("latchkey.db").display()))
     }
 
     /// The base URL of links in emails (no trailing slash).
     pub fn public_url(&self) -> String {
-        let url = self
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen));
+        let url = self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen));
         url.trim_end_matches('/').to_owned()
     }
 
@@ -310,9 +301,7 @@ fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
         .map(|s| {
             s.parse::<IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    serde::de::Error::custom(format!("`{s}` is not an IP address or CIDR"))
-                })
+                .map_err(|_| serde::de::Error::custom(format!("`{s}` is not an IP address or CIDR")))
         })
         .collect()
 }

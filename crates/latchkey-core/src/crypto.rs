@@ -145,27 +145,18 @@ impl Keys {
             Ok(aead) => aead,
             Err(_) => unreachable!("the derived key is 32 bytes"),
         };
-        Self {
-            mac_key: server_key.derive(b"mac"),
-            aead,
-        }
+        Self { mac_key: server_key.derive(b"mac"), aead }
     }
 
     /// The keyed hash (HMAC-SHA256) under which a token of `purpose` is stored.
     pub fn token_hash(&self, purpose: TokenPurpose, token: &str) -> [u8; 32] {
-        hmac(
-            self.mac_key.as_slice(),
-            &[b"token", purpose.label(), token.as_bytes()],
-        )
+        hmac(self.mac_key.as_slice(), &[b"token", purpose.label(), token.as_bytes()])
     }
 
     /// The keyed hash under which an email code is stored; bound to the code's row id so
     /// equal codes sent twice hash differently.
     pub fn code_hash(&self, code_id: &str, code: &str) -> [u8; 32] {
-        hmac(
-            self.mac_key.as_slice(),
-            &[b"email-code", code_id.as_bytes(), code.as_bytes()],
-        )
+        hmac(self.mac_key.as_slice(), &[b"email-code", code_id.as_bytes(), code.as_bytes()])
     }
 
     /// A keyed hash of an arbitrary label (e.g. an unknown sign-in address for its failure
@@ -179,13 +170,7 @@ impl Keys {
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let nonce = XNonce::generate();
         let mut out = nonce.to_vec();
-        match self.aead.encrypt(
-            &nonce,
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        ) {
+        match self.aead.encrypt(&nonce, Payload { msg: plaintext, aad }) {
             Ok(ciphertext) => out.extend_from_slice(&ciphertext),
             // Encryption only fails for messages beyond 256 GiB.
             Err(_) => unreachable!("XChaCha20-Poly1305 encrypts any message this small"),
@@ -203,16 +188,7 @@ impl Keys {
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let nonce = XNonce::try_from(nonce).map_err(|_| CryptoError::Open)?;
-        self.aead
-            .decrypt(
-                &nonce,
-                Payload {
-                    msg: ciphertext,
-                    aad,
-                },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| CryptoError::Open)
+        self.aead.decrypt(&nonce, Payload { msg: ciphertext, aad }).map(Zeroizing::new).map_err(|_| CryptoError::Open)
     }
 }
 
@@ -261,10 +237,7 @@ mod tests {
         let again = ServerKey::parse(&k.to_base64()).unwrap();
         assert_eq!(k.0.as_slice(), again.0.as_slice());
         assert_eq!(ServerKey::parse("short").err(), Some(CryptoError::BadKey));
-        assert_eq!(
-            ServerKey::parse(&"0f".repeat(31)).err(),
-            Some(CryptoError::BadKey)
-        );
+        assert_eq!(ServerKey::parse(&"0f".repeat(31)).err(), Some(CryptoError::BadKey));
         assert_eq!(format!("{k:?}"), "ServerKey(<redacted>)");
     }
 
@@ -273,14 +246,8 @@ mod tests {
         let k = keys();
         let t = SecretToken::generate();
         assert_eq!(t.expose().len(), 43);
-        assert_eq!(
-            k.token_hash(TokenPurpose::Session, t.expose()),
-            k.token_hash(TokenPurpose::Session, t.expose())
-        );
-        assert_ne!(
-            k.token_hash(TokenPurpose::Session, t.expose()),
-            k.token_hash(TokenPurpose::Challenge, t.expose())
-        );
+        assert_eq!(k.token_hash(TokenPurpose::Session, t.expose()), k.token_hash(TokenPurpose::Session, t.expose()));
+        assert_ne!(k.token_hash(TokenPurpose::Session, t.expose()), k.token_hash(TokenPurpose::Challenge, t.expose()));
         let other = Keys::new(&ServerKey::generate());
         assert_ne!(
             k.token_hash(TokenPurpose::Session, t.expose()),
@@ -299,10 +266,7 @@ mod tests {
         let mut tampered = sealed.clone();
         tampered[30] ^= 1;
         assert_eq!(k.open(&tampered, b"user-1").err(), Some(CryptoError::Open));
-        assert_eq!(
-            k.open(&sealed[..10], b"user-1").err(),
-            Some(CryptoError::Open)
-        );
+        assert_eq!(k.open(&sealed[..10], b"user-1").err(), Some(CryptoError::Open));
         assert_ne!(k.seal(b"secret", b"user-1"), sealed, "nonces are random");
     }
 

@@ -15,10 +15,7 @@ pub fn is_valid(address: &str) -> bool {
     if address.is_empty() || address.len() > MAX_EMAIL_LEN {
         return false;
     }
-    if address
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | ',' | ';'))
-    {
+    if address.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"' | ',' | ';')) {
         return false;
     }
     let mut parts = address.split('@');
@@ -57,17 +54,10 @@ mod tests {
 
     #[test]
     fn validates() {
-        for ok in [
-            "a@b.co",
-            "ada+x@example.com",
-            "root@localhost",
-            "ünï@exämple.com",
-        ] {
+        for ok in ["a@b.co", "ada+x@example.com", "root@localhost", "ünï@exämple.com"] {
             assert!(is_valid(ok), "{ok}");
         }
-        for bad in [
-            "", "a", "a@", "@b.co", "a@b", "a@@b.co", "a b@c.co", "a@b.co,", "a@.co", "<a@b.co>",
-        ] {
+        for bad in ["", "a", "a@", "@b.co", "a@b", "a@@b.co", "a b@c.co", "a@b.co,", "a@.co", "<a@b.co>"] {
             assert!(!is_valid(bad), "{bad}");
         }
         assert!(!is_valid(&format!("{}@b.co", "a".repeat(260))));

@@ -3,9 +3,7 @@
 //! ([`HTTP_REQUESTS`], [`HTTP_DURATION`]) are added to the same registry by the API's middleware. No metric carries a tenant or user label:
 //! their number is unbounded.
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Name of the HTTP request counter, `{method,route,status}`; registered by the API's
 /// metrics middleware in the same registry.
@@ -44,44 +42,24 @@ impl Metrics {
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let otp_verifications = IntCounterVec::new(
-            Opts::new(
-                "latchkey_otp_verifications_total",
-                "Second-factor code verifications by outcome",
-            ),
+            Opts::new("latchkey_otp_verifications_total", "Second-factor code verifications by outcome"),
             &["method", "outcome"],
         )?;
-        let otp_blocks = IntCounter::new(
-            "latchkey_otp_blocks_total",
-            "Users blocked after too many wrong codes",
-        )?;
+        let otp_blocks = IntCounter::new("latchkey_otp_blocks_total", "Users blocked after too many wrong codes")?;
         let email_jobs = IntCounterVec::new(
-            Opts::new(
-                "latchkey_email_jobs_total",
-                "Email jobs by kind and outcome",
-            ),
+            Opts::new("latchkey_email_jobs_total", "Email jobs by kind and outcome"),
             &["kind", "outcome"],
         )?;
         let email_delivery = HistogramVec::new(
-            HistogramOpts::new(
-                "latchkey_email_delivery_seconds",
-                "Seconds from enqueue to SMTP acceptance",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-            ]),
+            HistogramOpts::new("latchkey_email_delivery_seconds", "Seconds from enqueue to SMTP acceptance")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
             &["kind"],
         )?;
         let tenant_actors = IntGauge::new("latchkey_tenant_actors", "Running tenant actors")?;
-        let email_queue_depth = IntGauge::new(
-            "latchkey_email_queue_depth",
-            "Email jobs waiting in the queue",
-        )?;
+        let email_queue_depth = IntGauge::new("latchkey_email_queue_depth", "Email jobs waiting in the queue")?;
         let password_check = Histogram::with_opts(
-            HistogramOpts::new(
-                "latchkey_password_check_seconds",
-                "Seconds spent verifying a password (argon2id)",
-            )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+            HistogramOpts::new("latchkey_password_check_seconds", "Seconds spent verifying a password (argon2id)")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
         )?;
         registry.register(Box::new(otp_verifications.clone()))?;
         registry.register(Box::new(otp_blocks.clone()))?;

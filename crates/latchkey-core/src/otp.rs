@@ -79,25 +79,13 @@ impl OtpLockout {
         if failures >= limits.otp_max_failures {
             let until = now + limits.otp_block;
             (
-                Self {
-                    failures: 0,
-                    blocked_until: Some(until),
-                },
-                Failure {
-                    attempts_remaining: 0,
-                    blocked_until: Some(until),
-                },
+                Self { failures: 0, blocked_until: Some(until) },
+                Failure { attempts_remaining: 0, blocked_until: Some(until) },
             )
         } else {
             (
-                Self {
-                    failures,
-                    blocked_until: None,
-                },
-                Failure {
-                    attempts_remaining: limits.otp_max_failures - failures,
-                    blocked_until: None,
-                },
+                Self { failures, blocked_until: None },
+                Failure { attempts_remaining: limits.otp_max_failures - failures, blocked_until: None },
             )
         }
     }
@@ -130,27 +118,15 @@ pub struct SendPermit {
 /// Decides whether a send at `now` is allowed, given the instants of the user's earlier sends
 /// (any order; older ones are ignored). A send at `t` counts in the window while
 /// `now < t + window`; the cooldown runs from the latest send.
-pub fn decide_send(
-    earlier: &[DateTime<Utc>],
-    now: DateTime<Utc>,
-    limits: &Limits,
-) -> Result<SendPermit, SendRefusal> {
-    let mut in_window: Vec<DateTime<Utc>> = earlier
-        .iter()
-        .copied()
-        .filter(|t| *t + limits.email_otp_window > now)
-        .collect();
+pub fn decide_send(earlier: &[DateTime<Utc>], now: DateTime<Utc>, limits: &Limits) -> Result<SendPermit, SendRefusal> {
+    let mut in_window: Vec<DateTime<Utc>> =
+        earlier.iter().copied().filter(|t| *t + limits.email_otp_window > now).collect();
     in_window.sort_unstable();
-    let cooldown_until = earlier
-        .iter()
-        .max()
-        .map(|last| *last + limits.email_otp_resend)
-        .filter(|t| *t > now);
+    let cooldown_until = earlier.iter().max().map(|last| *last + limits.email_otp_resend).filter(|t| *t > now);
     let max = usize::try_from(limits.email_otp_max_sends).unwrap_or(usize::MAX);
     if in_window.len() >= max {
         // The send that frees a place is the one `len - max` from the oldest.
-        let frees =
-            in_window.get(in_window.len() - max).copied().unwrap_or(now) + limits.email_otp_window;
+        let frees = in_window.get(in_window.len() - max).copied().unwrap_or(now) + limits.email_otp_window;
         let retry_at = cooldown_until.map_or(frees, |c| c.max(frees));
         return Err(SendRefusal::LimitReached { retry_at });
     }
@@ -181,15 +157,9 @@ impl SigninThrottle {
 
     /// `Err(retry_at)` when the limit is reached at `now`: sign-in is refused (429) even
     /// with the right password until the window passes.
-    pub fn check(
-        state: Option<Self>,
-        now: DateTime<Utc>,
-        limits: &Limits,
-    ) -> Result<(), DateTime<Utc>> {
+    pub fn check(state: Option<Self>, now: DateTime<Utc>, limits: &Limits) -> Result<(), DateTime<Utc>> {
         match Self::live(state, now, limits.signin_window) {
-            Some(s) if s.failures >= limits.signin_max_failures => {
-                Err(s.window_started_at + limits.signin_window)
-            }
+            Some(s) if s.failures >= limits.signin_max_failures => Err(s.window_started_at + limits.signin_window),
             _ => Ok(()),
         }
     }
@@ -197,14 +167,8 @@ impl SigninThrottle {
     /// The state after a wrong password at `now`.
     pub fn fail(state: Option<Self>, now: DateTime<Utc>, limits: &Limits) -> Self {
         match Self::live(state, now, limits.signin_window) {
-            Some(s) => Self {
-                failures: s.failures.saturating_add(1),
-                ..s
-            },
-            None => Self {
-                failures: 1,
-                window_started_at: now,
-            },
+            Some(s) => Self { failures: s.failures.saturating_add(1), ..s },
+            None => Self { failures: 1, window_started_at: now },
         }
     }
 }
@@ -242,23 +206,11 @@ mod tests {
         let l = limits();
         let s = OtpLockout::default();
         let (s, f1) = s.fail(t(0), &l);
-        assert_eq!(
-            f1,
-            Failure {
-                attempts_remaining: 2,
-                blocked_until: None
-            }
-        );
+        assert_eq!(f1, Failure { attempts_remaining: 2, blocked_until: None });
         let (s, f2) = s.fail(t(1), &l);
         assert_eq!(f2.attempts_remaining, 1);
         let (s, f3) = s.fail(t(2), &l);
-        assert_eq!(
-            f3,
-            Failure {
-                attempts_remaining: 0,
-                blocked_until: Some(t(302))
-            }
-        );
+        assert_eq!(f3, Failure { attempts_remaining: 0, blocked_until: Some(t(302)) });
         assert_eq!(s.blocked(t(2)), Some(t(302)));
         assert_eq!(s.blocked(t(301)), Some(t(302)));
         // The block ends exactly at its end, with a fresh count.
@@ -270,11 +222,7 @@ mod tests {
 
     #[test]
     fn lockout_with_other_limits() {
-        let l = Limits {
-            otp_max_failures: 1,
-            otp_block: Duration::seconds(5),
-            ..limits()
-        };
+        let l = Limits { otp_max_failures: 1, otp_block: Duration::seconds(5), ..limits() };
         let (s, f) = OtpLockout::default().fail(t(0), &l);
         assert_eq!(f.blocked_until, Some(t(5)));
         assert_eq!(s.blocked(t(4)), Some(t(5)));
@@ -283,26 +231,14 @@ mod tests {
     #[test]
     fn first_send_is_free() {
         let p = decide_send(&[], t(0), &limits()).unwrap();
-        assert_eq!(
-            p,
-            SendPermit {
-                sends_remaining: 2,
-                resend_available_at: t(60)
-            }
-        );
+        assert_eq!(p, SendPermit { sends_remaining: 2, resend_available_at: t(60) });
     }
 
     #[test]
     fn cooldown_edges() {
         let l = limits();
-        assert_eq!(
-            decide_send(&[t(0)], t(59), &l),
-            Err(SendRefusal::TooSoon { retry_at: t(60) })
-        );
-        assert_eq!(
-            decide_send(&[t(0)], t(60), &l).map(|p| p.sends_remaining),
-            Ok(1)
-        );
+        assert_eq!(decide_send(&[t(0)], t(59), &l), Err(SendRefusal::TooSoon { retry_at: t(60) }));
+        assert_eq!(decide_send(&[t(0)], t(60), &l).map(|p| p.sends_remaining), Ok(1));
     }
 
     #[test]
@@ -310,37 +246,21 @@ mod tests {
         let l = limits();
         let sends = [t(0), t(60), t(120)];
         // Fourth send: refused until the first leaves the window at t(300).
-        assert_eq!(
-            decide_send(&sends, t(180), &l),
-            Err(SendRefusal::LimitReached { retry_at: t(300) })
-        );
-        assert_eq!(
-            decide_send(&sends, t(299), &l),
-            Err(SendRefusal::LimitReached { retry_at: t(300) })
-        );
+        assert_eq!(decide_send(&sends, t(180), &l), Err(SendRefusal::LimitReached { retry_at: t(300) }));
+        assert_eq!(decide_send(&sends, t(299), &l), Err(SendRefusal::LimitReached { retry_at: t(300) }));
         let p = decide_send(&sends, t(300), &l).unwrap();
         // Two earlier sends still count.
         assert_eq!(p.sends_remaining, 0);
         // With the first two gone, one place again.
-        assert_eq!(
-            decide_send(&[t(0), t(60), t(120), t(300)], t(361), &l).map(|p| p.sends_remaining),
-            Ok(0)
-        );
+        assert_eq!(decide_send(&[t(0), t(60), t(120), t(300)], t(361), &l).map(|p| p.sends_remaining), Ok(0));
         assert!(decide_send(&[t(0), t(60), t(120), t(300)], t(360), &l).is_ok());
         assert!(decide_send(&[t(0), t(60), t(120), t(300)], t(359), &l).is_err());
     }
 
     #[test]
     fn limit_reached_waits_for_the_cooldown_too() {
-        let l = Limits {
-            email_otp_resend: Duration::seconds(100),
-            email_otp_max_sends: 2,
-            ..limits()
-        };
-        assert_eq!(
-            decide_send(&[t(0), t(250)], t(260), &l),
-            Err(SendRefusal::LimitReached { retry_at: t(350) })
-        );
+        let l = Limits { email_otp_resend: Duration::seconds(100), email_otp_max_sends: 2, ..limits() };
+        assert_eq!(decide_send(&[t(0), t(250)], t(260), &l), Err(SendRefusal::LimitReached { retry_at: t(350) }));
     }
 
     #[test]
@@ -362,12 +282,6 @@ mod tests {
         assert_eq!(SigninThrottle::check(s, t(899), &l), Err(t(900)));
         assert_eq!(SigninThrottle::check(s, t(900), &l), Ok(()));
         let fresh = SigninThrottle::fail(s, t(900), &l);
-        assert_eq!(
-            fresh,
-            SigninThrottle {
-                failures: 1,
-                window_started_at: t(900)
-            }
-        );
+        assert_eq!(fresh, SigninThrottle { failures: 1, window_started_at: t(900) });
     }
 }

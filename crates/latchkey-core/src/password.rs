@@ -28,22 +28,14 @@ pub struct PasswordParams {
 
 impl Default for PasswordParams {
     fn default() -> Self {
-        Self {
-            memory_kib: 19_456,
-            iterations: 2,
-            parallelism: 1,
-        }
+        Self { memory_kib: 19_456, iterations: 2, parallelism: 1 }
     }
 }
 
 impl PasswordParams {
     /// Cheap parameters for tests (the minimum argon2 allows is still a real argon2id).
     pub fn for_test() -> Self {
-        Self {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-        }
+        Self { memory_kib: 64, iterations: 1, parallelism: 1 }
     }
 }
 
@@ -89,26 +81,16 @@ pub struct PasswordHasher {
 
 impl fmt::Debug for PasswordHasher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PasswordHasher")
-            .field("params", &self.params)
-            .finish_non_exhaustive()
+        f.debug_struct("PasswordHasher").field("params", &self.params).finish_non_exhaustive()
     }
 }
 
 impl PasswordHasher {
     /// A hasher with `params`; computes the dummy hash used for unknown users (slow).
     pub fn new(params: PasswordParams) -> Result<Self, PasswordError> {
-        let params = Params::new(
-            params.memory_kib,
-            params.iterations,
-            params.parallelism,
-            None,
-        )
-        .map_err(|e| PasswordError::Params(e.to_string()))?;
-        let mut hasher = Self {
-            params,
-            dummy: String::new(),
-        };
+        let params = Params::new(params.memory_kib, params.iterations, params.parallelism, None)
+            .map_err(|e| PasswordError::Params(e.to_string()))?;
+        let mut hasher = Self { params, dummy: String::new() };
         hasher.dummy = hasher.hash("latchkey dummy password for unknown users")?;
         Ok(hasher)
     }
@@ -137,11 +119,7 @@ impl PasswordHasher {
         };
         let candidate = if too_long { "" } else { password };
         let ok = PasswordHash::new(target)
-            .map(|parsed| {
-                self.argon2()
-                    .verify_password(candidate.as_bytes(), &parsed)
-                    .is_ok()
-            })
+            .map(|parsed| self.argon2().verify_password(candidate.as_bytes(), &parsed).is_ok())
             .unwrap_or(false);
         ok && real
     }
@@ -166,27 +144,14 @@ mod tests {
 
     #[test]
     fn new_password_rules() {
-        assert_eq!(
-            check_new_password("short"),
-            Err(PasswordRuleError::TooShort)
-        );
+        assert_eq!(check_new_password("short"), Err(PasswordRuleError::TooShort));
         assert_eq!(check_new_password("éééééééé"), Ok(()));
-        assert_eq!(
-            check_new_password(&"a".repeat(2000)),
-            Err(PasswordRuleError::TooLong)
-        );
+        assert_eq!(check_new_password(&"a".repeat(2000)), Err(PasswordRuleError::TooLong));
     }
 
     #[test]
     fn bad_params_are_refused() {
-        let bad = PasswordParams {
-            memory_kib: 1,
-            iterations: 1,
-            parallelism: 1,
-        };
-        assert!(matches!(
-            PasswordHasher::new(bad),
-            Err(PasswordError::Params(_))
-        ));
+        let bad = PasswordParams { memory_kib: 1, iterations: 1, parallelism: 1 };
+        assert!(matches!(PasswordHasher::new(bad), Err(PasswordError::Params(_))));
     }
 }

@@ -48,10 +48,7 @@ pub struct UnknownName {
 impl UnknownName {
     /// The error for `value`, an unknown name of `kind`.
     pub fn new(kind: &'static str, value: &str) -> Self {
-        Self {
-            kind,
-            value: value.to_owned(),
-        }
+        Self { kind, value: value.to_owned() }
     }
 }
 
@@ -62,10 +59,7 @@ impl FromStr for Role {
             "admin" => Ok(Role::Admin),
             "supervisor" => Ok(Role::Supervisor),
             "agent" => Ok(Role::Agent),
-            _ => Err(UnknownName {
-                kind: "role",
-                value: s.to_owned(),
-            }),
+            _ => Err(UnknownName { kind: "role", value: s.to_owned() }),
         }
     }
 }
@@ -112,10 +106,7 @@ impl FromStr for Method {
         match s {
             "authenticator" => Ok(Method::Authenticator),
             "email" => Ok(Method::Email),
-            _ => Err(UnknownName {
-                kind: "method",
-                value: s.to_owned(),
-            }),
+            _ => Err(UnknownName { kind: "method", value: s.to_owned() }),
         }
     }
 }
@@ -163,10 +154,7 @@ impl MethodSet {
 
     /// The methods, in display order.
     pub fn to_vec(self) -> Vec<Method> {
-        Method::ALL
-            .into_iter()
-            .filter(|m| self.contains(*m))
-            .collect()
+        Method::ALL.into_iter().filter(|m| self.contains(*m)).collect()
     }
 }
 
@@ -191,14 +179,8 @@ mod tests {
         let email: MethodSet = [Method::Email].into_iter().collect();
         assert!(email.contains(Method::Email) && !email.contains(Method::Authenticator));
         assert_eq!(MethodSet::BOTH.intersect(email), email);
-        assert_eq!(
-            MethodSet::from_bits(MethodSet::BOTH.bits()),
-            MethodSet::BOTH
-        );
-        assert_eq!(
-            MethodSet::BOTH.to_vec(),
-            vec![Method::Authenticator, Method::Email]
-        );
+        assert_eq!(MethodSet::from_bits(MethodSet::BOTH.bits()), MethodSet::BOTH);
+        assert_eq!(MethodSet::BOTH.to_vec(), vec![Method::Authenticator, Method::Email]);
         assert!(MethodSet::from_bits(4).is_empty());
     }
 

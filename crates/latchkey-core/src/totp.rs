@@ -23,11 +23,7 @@ pub const SKEW_STEPS: i64 = 1;
 pub const SECRET_LEN: usize = 20;
 
 /// Characters kept as they are in URI components: RFC 3986 unreserved.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 /// Errors of TOTP setup.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,9 +82,7 @@ impl TotpSecret {
     /// The code of time step `step` (RFC 6238 §4.2: HOTP with `T = step`), 6 digits with
     /// leading zeros kept. Steps before the epoch give the code of step 0.
     pub fn code_at_step(&self, step: i64) -> String {
-        let t = u64::try_from(step.max(0))
-            .unwrap_or(0)
-            .saturating_mul(STEP_SECS as u64);
+        let t = u64::try_from(step.max(0)).unwrap_or(0).saturating_mul(STEP_SECS as u64);
         self.totp().generate(t).to_string()
     }
 
@@ -129,12 +123,7 @@ pub enum TotpCheck {
 /// Checks `code` against the steps `[t-1, t, t+1]` around `now` (RFC 6238 §5.2), refusing
 /// any step at or below `last_step` (replay protection, RFC 6238 §5.2 "MUST NOT accept the
 /// second attempt of the same OTP"). Every candidate is compared in constant time.
-pub fn check(
-    secret: &TotpSecret,
-    code: &str,
-    now: DateTime<Utc>,
-    last_step: Option<i64>,
-) -> TotpCheck {
+pub fn check(secret: &TotpSecret, code: &str, now: DateTime<Utc>, last_step: Option<i64>) -> TotpCheck {
     let current = time_step(now);
     let mut accepted = None;
     let mut replayed = false;
@@ -236,23 +225,11 @@ mod tests {
         let s = rfc_secret();
         // Last second of step 10: the code of step 11 is "next", the code of step 9 "previous".
         let now = at(11 * 30 - 1);
-        assert_eq!(
-            check(&s, &s.code_at_step(11), now, None),
-            TotpCheck::Accepted { step: 11 }
-        );
-        assert_eq!(
-            check(&s, &s.code_at_step(9), now, None),
-            TotpCheck::Accepted { step: 9 }
-        );
-        assert_eq!(
-            check(&s, &s.code_at_step(12), now, None),
-            TotpCheck::Invalid
-        );
+        assert_eq!(check(&s, &s.code_at_step(11), now, None), TotpCheck::Accepted { step: 11 });
+        assert_eq!(check(&s, &s.code_at_step(9), now, None), TotpCheck::Accepted { step: 9 });
+        assert_eq!(check(&s, &s.code_at_step(12), now, None), TotpCheck::Invalid);
         // One second later (step 11) step 9 is out of the window.
-        assert_eq!(
-            check(&s, &s.code_at_step(9), at(11 * 30), None),
-            TotpCheck::Invalid
-        );
+        assert_eq!(check(&s, &s.code_at_step(9), at(11 * 30), None), TotpCheck::Invalid);
     }
 
     #[test]
@@ -261,21 +238,12 @@ mod tests {
         let now = at(1_234_567_890);
         let t = time_step(now);
         let code = s.code_at_step(t);
-        assert_eq!(
-            check(&s, &code, now, Some(t - 1)),
-            TotpCheck::Accepted { step: t }
-        );
+        assert_eq!(check(&s, &code, now, Some(t - 1)), TotpCheck::Accepted { step: t });
         assert_eq!(check(&s, &code, now, Some(t)), TotpCheck::Replayed);
-        assert_eq!(
-            check(&s, &s.code_at_step(t - 1), now, Some(t)),
-            TotpCheck::Replayed
-        );
+        assert_eq!(check(&s, &s.code_at_step(t - 1), now, Some(t)), TotpCheck::Replayed);
         // After using the next step, the current one is a replay too.
         assert_eq!(check(&s, &code, now, Some(t + 1)), TotpCheck::Replayed);
-        assert_eq!(
-            check(&s, &s.code_at_step(t + 1), now, Some(t)),
-            TotpCheck::Accepted { step: t + 1 }
-        );
+        assert_eq!(check(&s, &s.code_at_step(t + 1), now, Some(t)), TotpCheck::Accepted { step: t + 1 });
     }
 
     #[test]
@@ -283,10 +251,7 @@ mod tests {
         let s = TotpSecret::generate();
         let key = s.to_base32();
         assert_eq!(key.len(), 32);
-        assert!(
-            key.bytes()
-                .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
-        );
+        assert!(key.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)));
         let uri = otpauth_uri(&s, "Acme & Co+ Ünïcode", "jo+x@example.com");
         assert_eq!(
             uri,

@@ -53,10 +53,7 @@ impl Backend {
     pub fn of(url: &str) -> StoreResult<(Backend, String)> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok((Backend::Postgres, url.to_owned()))
-        } else if let Some(path) = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-        {
+        } else if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             if path.is_empty() {
                 return Err(StoreError::BadUrl(url.to_owned()));
             }
@@ -79,7 +76,8 @@ pub struct ConnManager {
 
 /// SQLite settings of every connection: WAL so readers never wait for the writer, a busy
 /// timeout so concurrent writers queue instead of failing with "database is locked".
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 15000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;";
+const SQLITE_PRAGMAS: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 15000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;";
 
 impl ConnManager {
     /// A manager for `url`.
@@ -94,8 +92,7 @@ impl ConnManager {
             Backend::Postgres => PgConnection::establish(&self.target).map(DbConn::Pg),
             Backend::Sqlite => {
                 let mut c = SqliteConnection::establish(&self.target)?;
-                c.batch_execute(SQLITE_PRAGMAS)
-                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                c.batch_execute(SQLITE_PRAGMAS).map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
                 Ok(DbConn::Sqlite(c))
             }
         }
@@ -111,8 +108,7 @@ impl ManageConnection for ConnManager {
     }
 
     fn is_valid(&self, conn: &mut DbConn) -> Result<(), r2d2::Error> {
-        conn.batch_execute("SELECT 1")
-            .map_err(r2d2::Error::QueryError)
+        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
     }
 
     fn has_broken(&self, _conn: &mut DbConn) -> bool {
@@ -142,10 +138,7 @@ pub fn run_migrations(conn: &mut DbConn) -> StoreResult<usize> {
 /// busy timeout instead of failing on a lock upgrade), a plain transaction on Postgres
 /// (where [`lock_user`](crate::repo::users::lock) takes the row lock that serialises one
 /// user's counters). Commits when `f` succeeds, rolls back otherwise.
-pub fn write_tx<T>(
-    conn: &mut DbConn,
-    f: impl FnOnce(&mut DbConn) -> StoreResult<T>,
-) -> StoreResult<T> {
+pub fn write_tx<T>(conn: &mut DbConn, f: impl FnOnce(&mut DbConn) -> StoreResult<T>) -> StoreResult<T> {
     match conn {
         DbConn::Pg(c) => AnsiTransactionManager::begin_transaction(c)?,
         DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?,
@@ -156,9 +149,7 @@ pub fn write_tx<T>(
             Ok(value)
         }
         Err(e) => {
-            if let Err(rollback) =
-                per_backend!(conn, c => AnsiTransactionManager::rollback_transaction(c))
-            {
+            if let Err(rollback) = per_backend!(conn, c => AnsiTransactionManager::rollback_transaction(c)) {
                 tracing::error!(error = %rollback, "rollback failed");
             }
             Err(e)
@@ -169,9 +160,7 @@ pub fn write_tx<T>(
 /// Builds the pool for `url` and runs the migrations.
 pub fn connect(url: &str, size: u32) -> StoreResult<Pool> {
     let manager = ConnManager::new(url)?;
-    let mut first = manager
-        .establish()
-        .map_err(|e| StoreError::Pool(e.to_string()))?;
+    let mut first = manager.establish().map_err(|e| StoreError::Pool(e.to_string()))?;
     run_migrations(&mut first)?;
     drop(first);
     r2d2::Pool::builder()

@@ -25,9 +25,7 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("backend", &self.backend)
-            .finish_non_exhaustive()
+        f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
     }
 }
 
@@ -47,10 +45,7 @@ impl Store {
 
     /// Runs `f` with a pooled connection, on the current thread (CLI and tests only).
     pub fn run_blocking<T>(&self, f: impl FnOnce(&mut DbConn) -> StoreResult<T>) -> StoreResult<T> {
-        let mut conn = self
-            .pool
-            .get()
-            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        let mut conn = self.pool.get().map_err(|e| StoreError::Pool(e.to_string()))?;
         f(&mut conn)
     }
 
@@ -85,5 +80,51 @@ impl Store {
             conn.batch_execute("SELECT 1").map_err(StoreError::from)
         })
         .await
+    }
+}
+
+/// Helpers for tests of this and other crates: a throw-away Postgres database per test.
+pub mod testing {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, PgConnection};
+
+    use crate::{StoreError, StoreResult};
+
+    /// A database created for one test and dropped (with its connections) when this value
+    /// is dropped.
+    #[derive(Debug)]
+    pub struct ScratchDb {
+        admin_url: String,
+        name: String,
+        /// The URL of the new database.
+        pub url: String,
+    }
+
+    /// Creates a uniquely named database on the server of `admin_url` (a `postgres://` URL of
+    /// any existing database, e.g. `LATCHKEY_TEST_DATABASE_URL`).
+    ///
+    /// Errors: the server is unreachable or refuses (a test with the variable set must fail,
+    /// not skip).
+    pub fn scratch_postgres(admin_url: &str) -> StoreResult<ScratchDb> {
+        let name = format!("latchkey_test_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = PgConnection::establish(admin_url).map_err(|e| StoreError::Pool(e.to_string()))?;
+        admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
+        let base = match admin_url.rfind('/') {
+            Some(i) if i > "postgres://".len() => &admin_url[..i],
+            _ => admin_url,
+        };
+        let (base, query) = match admin_url.split_once('?') {
+            Some((_, q)) => (base.split('?').next().unwrap_or(base), format!("?{q}")),
+            None => (base, String::new()),
+        };
+        Ok(ScratchDb { admin_url: admin_url.to_owned(), url: format!("{base}/{name}{query}"), name })
+    }
+
+    impl Drop for ScratchDb {
+        fn drop(&mut self) {
+            if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
+                let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            }
+        }
     }
 }

@@ -6,8 +6,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use latchkey_core::otp::OtpLockout;
 use latchkey_core::{
-    AuditEventId, AuditKind, ChallengeId, EmailCodeId, Method, MethodSet, RecoveryRequestId,
-    ResetTokenId, Role, SessionId, TenantId, UserId,
+    AuditEventId, AuditKind, ChallengeId, EmailCodeId, Method, MethodSet, RecoveryRequestId, ResetTokenId, Role,
+    SessionId, TenantId, UserId,
 };
 
 use crate::error::{StoreError, StoreResult};
@@ -50,12 +50,7 @@ pub struct TwoFactorPolicy {
 impl Default for TwoFactorPolicy {
     /// Disabled, both methods allowed to every role (DESIGN.md section 1).
     fn default() -> Self {
-        Self {
-            enabled: false,
-            admin: MethodSet::BOTH,
-            supervisor: MethodSet::BOTH,
-            agent: MethodSet::BOTH,
-        }
+        Self { enabled: false, admin: MethodSet::BOTH, supervisor: MethodSet::BOTH, agent: MethodSet::BOTH }
     }
 }
 

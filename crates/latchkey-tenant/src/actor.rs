@@ -66,8 +66,7 @@ impl Actor for TenantActor {
         if let Some(reg) = self.registry.upgrade() {
             reg.metrics.tenant_actors.inc();
         }
-        let every =
-            (self.settings.idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+        let every = (self.settings.idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
         ctx.run_interval(every, |act, ctx| {
             if act.last_used.elapsed() >= act.settings.idle {
                 ctx.stop();
@@ -91,9 +90,7 @@ impl Handler<Enter> for TenantActor {
         if let Err(not_until) = self.limiter.check() {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             let retry_after = wait.as_secs().max(1);
-            return AtomicResponse::new(Box::pin(fut::ready(Err(Error::RateLimited {
-                retry_after,
-            }))));
+            return AtomicResponse::new(Box::pin(fut::ready(Err(Error::RateLimited { retry_after }))));
         }
         if !self.stale && self.loaded_at.elapsed() < self.settings.policy_ttl {
             return AtomicResponse::new(Box::pin(fut::ready(Ok(self.tenant.clone()))));
@@ -101,9 +98,8 @@ impl Handler<Enter> for TenantActor {
         let store = self.store.clone();
         let id = self.tenant.id;
         AtomicResponse::new(Box::pin(
-            async move { store.run(move |c| tenants::by_id(c, id)).await }
-                .into_actor(self)
-                .map(|loaded, act, _| match loaded {
+            async move { store.run(move |c| tenants::by_id(c, id)).await }.into_actor(self).map(|loaded, act, _| {
+                match loaded {
                     Ok(Some(tenant)) => {
                         act.tenant = tenant;
                         act.loaded_at = Instant::now();
@@ -112,7 +108,8 @@ impl Handler<Enter> for TenantActor {
                     }
                     Ok(None) => Err(Error::NotFound),
                     Err(e) => Err(e.into()),
-                }),
+                }
+            }),
         ))
     }
 }
@@ -151,20 +148,13 @@ impl Inner {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry")
-            .field("settings", &self.inner.settings)
-            .finish_non_exhaustive()
+        f.debug_struct("Registry").field("settings", &self.inner.settings).finish_non_exhaustive()
     }
 }
 
 impl Registry {
     /// A registry whose actors run on `arbiter` (a dedicated one in production).
-    pub fn new(
-        arbiter: ArbiterHandle,
-        store: Store,
-        settings: ActorSettings,
-        metrics: Metrics,
-    ) -> Self {
+    pub fn new(arbiter: ArbiterHandle, store: Store, settings: ActorSettings, metrics: Metrics) -> Self {
         Self {
             inner: Arc::new(Inner {
                 arbiter,
@@ -179,19 +169,11 @@ impl Registry {
 
     /// Number of running actors.
     pub fn running(&self) -> usize {
-        self.inner
-            .actors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.inner.actors.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     fn spawn(&self, tenant: Tenant) -> Addr<TenantActor> {
-        let mut actors = self
-            .inner
-            .actors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut actors = self.inner.actors.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(addr) = actors.get(&tenant.id).filter(|a| a.connected()) {
             return addr.clone();
         }
@@ -215,12 +197,7 @@ impl Registry {
     }
 
     fn running_addr(&self, id: TenantId) -> Option<Addr<TenantActor>> {
-        self.inner
-            .actors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-            .cloned()
+        self.inner.actors.lock().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
     }
 
     /// The tenant `id` with its current policy, through its actor (started if needed).
@@ -232,10 +209,7 @@ impl Registry {
                 Some(addr) => addr,
                 None => {
                     let store = self.inner.store.clone();
-                    let tenant = store
-                        .run(move |c| tenants::by_id(c, id))
-                        .await?
-                        .ok_or(Error::NotFound)?;
+                    let tenant = store.run(move |c| tenants::by_id(c, id)).await?.ok_or(Error::NotFound)?;
                     self.spawn(tenant)
                 }
             };
@@ -251,13 +225,7 @@ impl Registry {
     /// The tenant with `slug`, like [`Registry::enter`]; `None` for an unknown slug, which
     /// starts no actor.
     pub async fn enter_slug(&self, slug: &str) -> Result<Option<Tenant>> {
-        let known = self
-            .inner
-            .slugs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(slug)
-            .copied();
+        let known = self.inner.slugs.lock().unwrap_or_else(PoisonError::into_inner).get(slug).copied();
         let id = match known {
             Some(id) => id,
             None => {
@@ -267,11 +235,7 @@ impl Registry {
                     return Ok(None);
                 };
                 let id = tenant.id;
-                self.inner
-                    .slugs
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(slug.to_owned(), id);
+                self.inner.slugs.lock().unwrap_or_else(PoisonError::into_inner).insert(slug.to_owned(), id);
                 if self.running_addr(id).is_none() {
                     self.spawn(tenant);
                 }

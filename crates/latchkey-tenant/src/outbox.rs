@@ -114,8 +114,7 @@ impl MemoryOutbox {
 
     /// Makes every later `enqueue` fail (or succeed again).
     pub fn set_failing(&self, failing: bool) {
-        self.failing
-            .store(failing, std::sync::atomic::Ordering::SeqCst);
+        self.failing.store(failing, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -125,10 +124,7 @@ impl Outbox for MemoryOutbox {
             if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(OutboxError("queue down".into()));
             }
-            self.jobs
-                .lock()
-                .map_err(|_| OutboxError("poisoned".into()))?
-                .push(job);
+            self.jobs.lock().map_err(|_| OutboxError("poisoned".into()))?.push(job);
             Ok(())
         })
     }

@@ -28,32 +28,16 @@ fn user_id(raw: &str) -> Result<UserId, ApiError> {
     )
 )]
 #[get("/api/v1/agents")]
-pub async fn list(
-    st: web::Data<AppState>,
-    authed: Authed,
-    q: web::Query<PageQuery>,
-) -> ApiResult<HttpResponse> {
+pub async fn list(st: web::Data<AppState>, authed: Authed, q: web::Query<PageQuery>) -> ApiResult<HttpResponse> {
     let limit = page_limit(q.limit)?;
     let after = q
         .cursor
         .as_deref()
-        .map(|c| {
-            c.parse::<UserId>()
-                .map_err(|_| ApiError::InvalidRequest("invalid cursor".into()))
-        })
+        .map(|c| c.parse::<UserId>().map_err(|_| ApiError::InvalidRequest("invalid cursor".into())))
         .transpose()?;
-    let users = st
-        .service
-        .list_users(&authed.auth, after, limit + 1)
-        .await?;
+    let users = st.service.list_users(&authed.auth, after, limit + 1).await?;
     let (users, next_cursor) = paginate(users, limit, |u| u.id.to_string());
-    Ok(json(
-        StatusCode::OK,
-        &UserPage {
-            items: users.iter().map(UserDto::from).collect(),
-            next_cursor,
-        },
-    ))
+    Ok(json(StatusCode::OK, &UserPage { items: users.iter().map(UserDto::from).collect(), next_cursor }))
 }
 
 /// Creates a user (creating an admin needs a recent second factor while 2FA is on).
@@ -76,16 +60,8 @@ pub async fn create(
     body: web::Json<CreateAgentRequest>,
 ) -> ApiResult<HttpResponse> {
     let body = body.into_inner();
-    let new = NewUser {
-        email: body.email,
-        name: body.name,
-        role: body.role.into(),
-        password: body.password,
-    };
-    let user = st
-        .service
-        .create_user(&authed.ctx, &authed.auth, new)
-        .await?;
+    let new = NewUser { email: body.email, name: body.name, role: body.role.into(), password: body.password };
+    let user = st.service.create_user(&authed.ctx, &authed.auth, new).await?;
     Ok(json(StatusCode::CREATED, &UserDto::from(&user)))
 }
 
@@ -113,15 +89,8 @@ pub async fn update(
     body: web::Json<UpdateAgentRequest>,
 ) -> ApiResult<HttpResponse> {
     let body = body.into_inner();
-    let changes = UserChanges {
-        email: body.email,
-        name: body.name,
-        role: body.role.map(Into::into),
-    };
-    let user = st
-        .service
-        .update_user(&authed.ctx, &authed.auth, user_id(&id)?, changes)
-        .await?;
+    let changes = UserChanges { email: body.email, name: body.name, role: body.role.map(Into::into) };
+    let user = st.service.update_user(&authed.ctx, &authed.auth, user_id(&id)?, changes).await?;
     Ok(json(StatusCode::OK, &UserDto::from(&user)))
 }
 
@@ -139,13 +108,7 @@ pub async fn update(
     )
 )]
 #[delete("/api/v1/agents/{id}")]
-pub async fn remove(
-    st: web::Data<AppState>,
-    authed: Authed,
-    id: web::Path<String>,
-) -> ApiResult<HttpResponse> {
-    st.service
-        .delete_user(&authed.ctx, &authed.auth, user_id(&id)?)
-        .await?;
+pub async fn remove(st: web::Data<AppState>, authed: Authed, id: web::Path<String>) -> ApiResult<HttpResponse> {
+    st.service.delete_user(&authed.ctx, &authed.auth, user_id(&id)?).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -25,11 +25,7 @@ use crate::state::AppState;
     )
 )]
 #[get("/api/v1/audit-events")]
-pub async fn list(
-    st: web::Data<AppState>,
-    authed: Authed,
-    q: web::Query<AuditQuery>,
-) -> ApiResult<HttpResponse> {
+pub async fn list(st: web::Data<AppState>, authed: Authed, q: web::Query<AuditQuery>) -> ApiResult<HttpResponse> {
     let limit = page_limit(q.limit)?;
     let since = q
         .since
@@ -40,26 +36,10 @@ pub async fn list(
     let kind = q
         .kind
         .as_deref()
-        .map(|k| {
-            k.parse::<AuditKind>()
-                .map_err(|_| ApiError::InvalidRequest(format!("unknown kind `{k}`")))
-        })
+        .map(|k| k.parse::<AuditKind>().map_err(|_| ApiError::InvalidRequest(format!("unknown kind `{k}`"))))
         .transpose()?;
-    let filter = AuditFilter {
-        since,
-        kind,
-        subject_id: q.subject_id.clone(),
-    };
-    let events = st
-        .service
-        .audit_events(&authed.auth, filter, q.cursor.clone(), limit + 1)
-        .await?;
+    let filter = AuditFilter { since, kind, subject_id: q.subject_id.clone() };
+    let events = st.service.audit_events(&authed.auth, filter, q.cursor.clone(), limit + 1).await?;
     let (events, next_cursor) = paginate(events, limit, |e| e.id.to_string());
-    Ok(json(
-        StatusCode::OK,
-        &AuditPage {
-            items: events.iter().map(AuditEventDto::from).collect(),
-            next_cursor,
-        },
-    ))
+    Ok(json(StatusCode::OK, &AuditPage { items: events.iter().map(AuditEventDto::from).collect(), next_cursor }))
 }

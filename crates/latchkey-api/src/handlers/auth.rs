@@ -7,9 +7,8 @@ use latchkey_tenant::{RecoveryStarted, SignIn};
 
 use super::{code_shape, json};
 use crate::dto::{
-    AuthenticatorSetup, ChallengeRequest, ConfirmRequest, ConfirmResponse, EmailSentResponse,
-    MethodDto, RecoveryResponse, ResetRequest, ResetResponse, SessionResponse, SignInRequest,
-    SignInResponse, VerifyRequest,
+    AuthenticatorSetup, ChallengeRequest, ConfirmRequest, ConfirmResponse, EmailSentResponse, MethodDto,
+    RecoveryResponse, ResetRequest, ResetResponse, SessionResponse, SignInRequest, SignInResponse, VerifyRequest,
 };
 use crate::error::{ApiResult, Problem};
 use crate::extract::{Authed, Ctx};
@@ -29,15 +28,8 @@ use crate::state::AppState;
     )
 )]
 #[post("/api/v1/auth")]
-pub async fn sign_in(
-    st: web::Data<AppState>,
-    ctx: Ctx,
-    body: web::Json<SignInRequest>,
-) -> ApiResult<HttpResponse> {
-    let outcome = st
-        .service
-        .sign_in(&ctx.0, &body.tenant, &body.email, &body.password)
-        .await?;
+pub async fn sign_in(st: web::Data<AppState>, ctx: Ctx, body: web::Json<SignInRequest>) -> ApiResult<HttpResponse> {
+    let outcome = st.service.sign_in(&ctx.0, &body.tenant, &body.email, &body.password).await?;
     let res = match outcome {
         SignIn::Session(s) => SignInResponse {
             authentication_token: Some(s.token.expose().to_owned()),
@@ -88,10 +80,7 @@ pub async fn authenticator_setup(
     ctx: Ctx,
     body: web::Json<ChallengeRequest>,
 ) -> ApiResult<HttpResponse> {
-    let setup = st
-        .service
-        .authenticator_setup(&ctx.0, &body.challenge_token)
-        .await?;
+    let setup = st.service.authenticator_setup(&ctx.0, &body.challenge_token).await?;
     Ok(json(
         StatusCode::OK,
         &AuthenticatorSetup {
@@ -123,16 +112,10 @@ pub async fn authenticator_confirm(
     body: web::Json<ConfirmRequest>,
 ) -> ApiResult<HttpResponse> {
     let code = code_shape(&body.code)?;
-    st.service
-        .authenticator_confirm(&ctx.0, &body.challenge_token, code)
-        .await?;
+    st.service.authenticator_confirm(&ctx.0, &body.challenge_token, code).await?;
     Ok(json(
         StatusCode::OK,
-        &ConfirmResponse {
-            enrolled: MethodDto::Authenticator,
-            authentication_token: None,
-            next: "login".into(),
-        },
+        &ConfirmResponse { enrolled: MethodDto::Authenticator, authentication_token: None, next: "login".into() },
     ))
 }
 
@@ -181,17 +164,10 @@ pub async fn email_send(
     )
 )]
 #[post("/api/v1/auth/2fa/verify")]
-pub async fn verify(
-    st: web::Data<AppState>,
-    ctx: Ctx,
-    body: web::Json<VerifyRequest>,
-) -> ApiResult<HttpResponse> {
+pub async fn verify(st: web::Data<AppState>, ctx: Ctx, body: web::Json<VerifyRequest>) -> ApiResult<HttpResponse> {
     let code = code_shape(&body.code)?;
     let method: Method = body.method.into();
-    let s = st
-        .service
-        .verify(&ctx.0, &body.challenge_token, method, code)
-        .await?;
+    let s = st.service.verify(&ctx.0, &body.challenge_token, method, code).await?;
     Ok(json(
         StatusCode::OK,
         &SessionResponse {
@@ -215,22 +191,14 @@ pub async fn verify(
     )
 )]
 #[post("/api/v1/auth/2fa/recovery")]
-pub async fn recovery(
-    st: web::Data<AppState>,
-    ctx: Ctx,
-    body: web::Json<ChallengeRequest>,
-) -> ApiResult<HttpResponse> {
+pub async fn recovery(st: web::Data<AppState>, ctx: Ctx, body: web::Json<ChallengeRequest>) -> ApiResult<HttpResponse> {
     let res = match st.service.recovery(&ctx.0, &body.challenge_token).await? {
-        RecoveryStarted::AdminApproval(view) => RecoveryResponse {
-            kind: "admin_approval".into(),
-            request: Some((&view).into()),
-            email_masked: None,
-        },
-        RecoveryStarted::EmailLink { email_masked } => RecoveryResponse {
-            kind: "email_link".into(),
-            request: None,
-            email_masked: Some(email_masked),
-        },
+        RecoveryStarted::AdminApproval(view) => {
+            RecoveryResponse { kind: "admin_approval".into(), request: Some(view.as_ref().into()), email_masked: None }
+        }
+        RecoveryStarted::EmailLink { email_masked } => {
+            RecoveryResponse { kind: "email_link".into(), request: None, email_masked: Some(email_masked) }
+        }
     };
     Ok(json(StatusCode::ACCEPTED, &res))
 }
@@ -246,11 +214,7 @@ pub async fn recovery(
     )
 )]
 #[post("/api/v1/auth/2fa/reset")]
-pub async fn reset(
-    st: web::Data<AppState>,
-    ctx: Ctx,
-    body: web::Json<ResetRequest>,
-) -> ApiResult<HttpResponse> {
+pub async fn reset(st: web::Data<AppState>, ctx: Ctx, body: web::Json<ResetRequest>) -> ApiResult<HttpResponse> {
     st.service.reset_with_link(&ctx.0, &body.token).await?;
     Ok(json(StatusCode::OK, &ResetResponse { reset: true }))
 }

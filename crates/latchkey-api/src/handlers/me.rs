@@ -45,13 +45,7 @@ pub async fn patch_me(
 ) -> ApiResult<HttpResponse> {
     let me = st
         .service
-        .update_me(
-            &authed.ctx,
-            &authed.auth,
-            body.name.as_deref(),
-            body.email.as_deref(),
-            body.password.as_deref(),
-        )
+        .update_me(&authed.ctx, &authed.auth, body.name.as_deref(), body.email.as_deref(), body.password.as_deref())
         .await?;
     Ok(json(StatusCode::OK, &UserDto::from(&me)))
 }
@@ -74,13 +68,6 @@ pub async fn change_password(
     authed: Authed,
     body: web::Json<PasswordChangeRequest>,
 ) -> ApiResult<HttpResponse> {
-    st.service
-        .change_password(
-            &authed.ctx,
-            &authed.auth,
-            &body.current_password,
-            &body.new_password,
-        )
-        .await?;
+    st.service.change_password(&authed.ctx, &authed.auth, &body.current_password, &body.new_password).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -29,9 +29,7 @@ pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
     match limit {
         None => Ok(DEFAULT_LIMIT),
         Some(n) if n >= 1 => Ok(n.min(MAX_LIMIT)),
-        Some(_) => Err(ApiError::InvalidRequest(
-            "limit must be between 1 and 200".into(),
-        )),
+        Some(_) => Err(ApiError::InvalidRequest("limit must be between 1 and 200".into())),
     }
 }
 
@@ -41,25 +39,17 @@ pub fn code_shape(code: &str) -> Result<&str, ApiError> {
     if latchkey_core::otp::is_code_shape(code) {
         Ok(code)
     } else {
-        Err(ApiError::InvalidRequest(
-            "code must be a string of exactly 6 digits".into(),
-        ))
+        Err(ApiError::InvalidRequest("code must be a string of exactly 6 digits".into()))
     }
 }
 
 /// A JSON response that must not be cached (it may hold a token).
 pub fn json<T: Serialize>(status: actix_web::http::StatusCode, body: &T) -> HttpResponse {
-    HttpResponse::build(status)
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(body)
+    HttpResponse::build(status).insert_header((header::CACHE_CONTROL, "no-store")).json(body)
 }
 
 /// Splits a page fetched with one extra item into the page and its next cursor.
-pub fn paginate<T>(
-    mut items: Vec<T>,
-    limit: i64,
-    cursor_of: impl Fn(&T) -> String,
-) -> (Vec<T>, Option<String>) {
+pub fn paginate<T>(mut items: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> (Vec<T>, Option<String>) {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     if items.len() > limit {
         items.truncate(limit);

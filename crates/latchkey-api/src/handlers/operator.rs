@@ -37,18 +37,10 @@ pub async fn create_tenant(
         role: latchkey_core::Role::Admin,
         password: body.admin.password,
     };
-    let (tenant, user) = st
-        .service
-        .create_tenant(&op.0, &body.slug, &body.name, admin)
-        .await?;
+    let (tenant, user) = st.service.create_tenant(&op.0, &body.slug, &body.name, admin).await?;
     Ok(json(
         StatusCode::CREATED,
-        &TenantCreated {
-            id: tenant.id.to_string(),
-            slug: tenant.slug,
-            name: tenant.name,
-            admin: (&user).into(),
-        },
+        &TenantCreated { id: tenant.id.to_string(), slug: tenant.slug, name: tenant.name, admin: (&user).into() },
     ))
 }
 

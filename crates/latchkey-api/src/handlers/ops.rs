@@ -11,9 +11,7 @@ use crate::state::AppState;
 #[utoipa::path(tag = "operations", responses((status = 200, description = "Up", body = String)))]
 #[get("/healthz")]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; charset=utf-8")
-        .body("ok")
+    HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("ok")
 }
 
 /// The database and the queue answer; otherwise 503 naming what is down.
@@ -39,14 +37,9 @@ pub async fn readyz(st: web::Data<AppState>) -> HttpResponse {
         .filter_map(|(name, is_down)| is_down.then_some(name))
         .collect();
     if down.is_empty() {
-        return HttpResponse::Ok().json(Readiness {
-            database: "ok".into(),
-            queue: "ok".into(),
-        });
+        return HttpResponse::Ok().json(Readiness { database: "ok".into(), queue: "ok".into() });
     }
-    problem_response(
-        &ApiError::Unavailable(format!("not ready: {} down", down.join(" and "))).problem(),
-    )
+    problem_response(&ApiError::Unavailable(format!("not ready: {} down", down.join(" and "))).problem())
 }
 
 /// Prometheus metrics in the text format (no tenant or user labels).
@@ -54,9 +47,9 @@ pub async fn readyz(st: web::Data<AppState>) -> HttpResponse {
 #[get("/metrics")]
 pub async fn metrics(st: web::Data<AppState>) -> HttpResponse {
     match st.metrics.render() {
-        Ok(text) => HttpResponse::build(StatusCode::OK)
-            .content_type("text/plain; version=0.0.4; charset=utf-8")
-            .body(text),
+        Ok(text) => {
+            HttpResponse::build(StatusCode::OK).content_type("text/plain; version=0.0.4; charset=utf-8").body(text)
+        }
         Err(e) => {
             tracing::error!(error = %e, "metrics rendering failed");
             HttpResponse::InternalServerError().finish()

@@ -24,54 +24,29 @@ use crate::state::AppState;
     )
 )]
 #[get("/api/v1/recovery-requests")]
-pub async fn list(
-    st: web::Data<AppState>,
-    authed: Authed,
-    q: web::Query<RecoveryQuery>,
-) -> ApiResult<HttpResponse> {
+pub async fn list(st: web::Data<AppState>, authed: Authed, q: web::Query<RecoveryQuery>) -> ApiResult<HttpResponse> {
     let limit = page_limit(q.limit)?;
     let status = q
         .status
         .as_deref()
         .map(|s| {
-            s.parse::<RecoveryStatus>().map_err(|_| {
-                ApiError::InvalidRequest("status must be pending, approved or dismissed".into())
-            })
+            s.parse::<RecoveryStatus>()
+                .map_err(|_| ApiError::InvalidRequest("status must be pending, approved or dismissed".into()))
         })
         .transpose()?;
     let after = q
         .cursor
         .as_deref()
-        .map(|c| {
-            c.parse::<RecoveryRequestId>()
-                .map_err(|_| ApiError::InvalidRequest("invalid cursor".into()))
-        })
+        .map(|c| c.parse::<RecoveryRequestId>().map_err(|_| ApiError::InvalidRequest("invalid cursor".into())))
         .transpose()?;
-    let list = st
-        .service
-        .list_recovery_requests(&authed.auth, status, after, limit + 1)
-        .await?;
+    let list = st.service.list_recovery_requests(&authed.auth, status, after, limit + 1).await?;
     let (list, next_cursor) = paginate(list, limit, |v| v.request.id.to_string());
-    Ok(json(
-        StatusCode::OK,
-        &RecoveryPage {
-            items: list.iter().map(RecoveryRequestDto::from).collect(),
-            next_cursor,
-        },
-    ))
+    Ok(json(StatusCode::OK, &RecoveryPage { items: list.iter().map(RecoveryRequestDto::from).collect(), next_cursor }))
 }
 
-async fn decide(
-    st: &AppState,
-    authed: &Authed,
-    id: &str,
-    approving: bool,
-) -> ApiResult<HttpResponse> {
+async fn decide(st: &AppState, authed: &Authed, id: &str, approving: bool) -> ApiResult<HttpResponse> {
     let id: RecoveryRequestId = id.parse().map_err(|_| ApiError::NotFound)?;
-    let view = st
-        .service
-        .decide_recovery(&authed.ctx, &authed.auth, id, approving)
-        .await?;
+    let view = st.service.decide_recovery(&authed.ctx, &authed.auth, id, approving).await?;
     Ok(json(StatusCode::OK, &RecoveryRequestDto::from(&view)))
 }
 
@@ -90,11 +65,7 @@ async fn decide(
     )
 )]
 #[post("/api/v1/recovery-requests/{id}/approve")]
-pub async fn approve(
-    st: web::Data<AppState>,
-    authed: Authed,
-    id: web::Path<String>,
-) -> ApiResult<HttpResponse> {
+pub async fn approve(st: web::Data<AppState>, authed: Authed, id: web::Path<String>) -> ApiResult<HttpResponse> {
     decide(&st, &authed, &id, true).await
 }
 
@@ -112,10 +83,6 @@ pub async fn approve(
     )
 )]
 #[post("/api/v1/recovery-requests/{id}/dismiss")]
-pub async fn dismiss(
-    st: web::Data<AppState>,
-    authed: Authed,
-    id: web::Path<String>,
-) -> ApiResult<HttpResponse> {
+pub async fn dismiss(st: web::Data<AppState>, authed: Authed, id: web::Path<String>) -> ApiResult<HttpResponse> {
     decide(&st, &authed, &id, false).await
 }

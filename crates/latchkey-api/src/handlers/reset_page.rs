@@ -49,10 +49,7 @@ fn page(status: StatusCode, body: &str) -> HttpResponse {
 #[get("/reset-otp")]
 pub async fn show(q: web::Query<TokenQuery>) -> HttpResponse {
     let Some(token) = q.token.as_deref().filter(|t| !t.is_empty()) else {
-        return page(
-            StatusCode::BAD_REQUEST,
-            "<h1>Reset OTP</h1><p>This link is incomplete. Ask for a new one.</p>",
-        );
+        return page(StatusCode::BAD_REQUEST, "<h1>Reset OTP</h1><p>This link is incomplete. Ask for a new one.</p>");
     };
     let token = html_escape::encode_double_quoted_attribute(token);
     page(
@@ -73,27 +70,17 @@ pub async fn show(q: web::Query<TokenQuery>) -> HttpResponse {
     responses((status = 200, description = "Reset done", body = String, content_type = "text/html"), (status = 401, description = "Invalid or used link", body = String, content_type = "text/html"))
 )]
 #[post("/reset-otp")]
-pub async fn submit(
-    st: web::Data<AppState>,
-    ctx: Ctx,
-    form: Option<web::Form<TokenQuery>>,
-) -> HttpResponse {
+pub async fn submit(st: web::Data<AppState>, ctx: Ctx, form: Option<web::Form<TokenQuery>>) -> HttpResponse {
     let token = form.and_then(|f| f.into_inner().token).unwrap_or_default();
     match st.service.reset_with_link(&ctx.0, &token).await {
-        Ok(()) => page(
-            StatusCode::OK,
-            "<h1>Two-factor authentication reset</h1><p>Sign in again to set it up.</p>",
-        ),
+        Ok(()) => page(StatusCode::OK, "<h1>Two-factor authentication reset</h1><p>Sign in again to set it up.</p>"),
         Err(latchkey_tenant::Error::InvalidToken) => page(
             StatusCode::UNAUTHORIZED,
             "<h1>This link is no longer valid</h1><p>It was used, replaced by a newer one, or has expired. Ask for a new one.</p>",
         ),
         Err(e) => {
             tracing::error!(error = %e, "reset page failed");
-            page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "<h1>Something went wrong</h1><p>Try again later.</p>",
-            )
+            page(StatusCode::INTERNAL_SERVER_ERROR, "<h1>Something went wrong</h1><p>Try again later.</p>")
         }
     }
 }

@@ -7,8 +7,8 @@ use latchkey_tenant::MethodChanges;
 
 use super::{code_shape, json};
 use crate::dto::{
-    EnableConfirmRequest, EnableRequest, EnableResponse, EnabledResponse, MethodDto,
-    MethodsRequest, PasswordRequest, TwoFactorSettings,
+    EnableConfirmRequest, EnableRequest, EnableResponse, EnabledResponse, MethodDto, MethodsRequest, PasswordRequest,
+    TwoFactorSettings,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::Authed;
@@ -52,15 +52,7 @@ pub async fn enable(
     authed: Authed,
     body: web::Json<EnableRequest>,
 ) -> ApiResult<HttpResponse> {
-    let setup = st
-        .service
-        .enable(
-            &authed.ctx,
-            &authed.auth,
-            &body.password,
-            body.method.into(),
-        )
-        .await?;
+    let setup = st.service.enable(&authed.ctx, &authed.auth, &body.password, body.method.into()).await?;
     let totp = setup.totp.as_ref();
     Ok(json(
         StatusCode::OK,
@@ -97,9 +89,7 @@ pub async fn enable_confirm(
     body: web::Json<EnableConfirmRequest>,
 ) -> ApiResult<HttpResponse> {
     let code = code_shape(&body.code)?;
-    st.service
-        .enable_confirm(&authed.ctx, &authed.auth, &body.setup_token, code)
-        .await?;
+    st.service.enable_confirm(&authed.ctx, &authed.auth, &body.setup_token, code).await?;
     Ok(json(StatusCode::OK, &EnabledResponse { enabled: true }))
 }
 
@@ -122,23 +112,15 @@ pub async fn disable(
     authed: Authed,
     body: web::Json<PasswordRequest>,
 ) -> ApiResult<HttpResponse> {
-    st.service
-        .disable(&authed.ctx, &authed.auth, &body.password)
-        .await?;
+    st.service.disable(&authed.ctx, &authed.auth, &body.password).await?;
     Ok(json(StatusCode::OK, &EnabledResponse { enabled: false }))
 }
 
 fn method_set(list: Option<&Vec<MethodDto>>) -> Result<Option<MethodSet>, ApiError> {
     match list {
         None => Ok(None),
-        Some(list) if list.is_empty() => Err(ApiError::InvalidRequest(
-            "each method list must be non-empty".into(),
-        )),
-        Some(list) => Ok(Some(
-            list.iter()
-                .map(|m| latchkey_core::Method::from(*m))
-                .collect(),
-        )),
+        Some(list) if list.is_empty() => Err(ApiError::InvalidRequest("each method list must be non-empty".into())),
+        Some(list) => Ok(Some(list.iter().map(|m| latchkey_core::Method::from(*m)).collect())),
     }
 }
 
@@ -166,9 +148,6 @@ pub async fn put_methods(
         supervisor: method_set(body.supervisor.as_ref())?,
         agent: method_set(body.agent.as_ref())?,
     };
-    let policy = st
-        .service
-        .set_methods(&authed.ctx, &authed.auth, changes)
-        .await?;
+    let policy = st.service.set_methods(&authed.ctx, &authed.auth, changes).await?;
     Ok(json(StatusCode::OK, &TwoFactorSettings::from(&policy)))
 }

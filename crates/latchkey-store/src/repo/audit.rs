@@ -36,8 +36,7 @@ impl Row {
             kind: parse::<AuditKind>("audit kind", &self.kind)?,
             ip: self.ip,
             user_agent: self.user_agent,
-            detail: serde_json::from_str(&self.detail)
-                .map_err(|_| crate::StoreError::Corrupt("audit detail"))?,
+            detail: serde_json::from_str(&self.detail).map_err(|_| crate::StoreError::Corrupt("audit detail"))?,
         })
     }
 }
@@ -72,15 +71,8 @@ pub struct AuditFilter {
 }
 
 /// Events of `tenant`, newest first.
-pub fn list(
-    conn: &mut DbConn,
-    tenant: TenantId,
-    filter: &AuditFilter,
-    page: Page<'_>,
-) -> StoreResult<Vec<AuditEvent>> {
-    let mut q = ae::table
-        .filter(ae::tenant_id.eq(tenant.to_string()))
-        .into_boxed();
+pub fn list(conn: &mut DbConn, tenant: TenantId, filter: &AuditFilter, page: Page<'_>) -> StoreResult<Vec<AuditEvent>> {
+    let mut q = ae::table.filter(ae::tenant_id.eq(tenant.to_string())).into_boxed();
     if let Some(since) = filter.since {
         q = q.filter(ae::at.ge(ms(since)));
     }

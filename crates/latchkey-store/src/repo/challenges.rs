@@ -66,11 +66,7 @@ pub fn insert(conn: &mut DbConn, ch: &Challenge, token_hash: &[u8]) -> StoreResu
 }
 
 /// The open (unexpired, not ended) challenge whose token hashes to `token_hash`.
-pub fn open_by_token_hash(
-    conn: &mut DbConn,
-    token_hash: &[u8],
-    now: DateTime<Utc>,
-) -> StoreResult<Option<Challenge>> {
+pub fn open_by_token_hash(conn: &mut DbConn, token_hash: &[u8], now: DateTime<Utc>) -> StoreResult<Option<Challenge>> {
     c::table
         .filter(c::token_hash.eq(token_hash.to_vec()))
         .filter(c::ended_at.is_null())
@@ -84,30 +80,19 @@ pub fn open_by_token_hash(
 
 /// Re-reads a challenge by id (inside a transaction, after taking the user's lock).
 pub fn by_id(conn: &mut DbConn, id: ChallengeId) -> StoreResult<Option<Challenge>> {
-    c::table
-        .find(id.to_string())
-        .select(Row::as_select())
-        .first(conn)
-        .optional()?
-        .map(Row::into_challenge)
-        .transpose()
+    c::table.find(id.to_string()).select(Row::as_select()).first(conn).optional()?.map(Row::into_challenge).transpose()
 }
 
 /// Stores the sealed secret of an authenticator being set up (replacing an earlier one).
 pub fn set_pending_secret(conn: &mut DbConn, id: ChallengeId, sealed: &[u8]) -> StoreResult<()> {
-    diesel::update(c::table.find(id.to_string()))
-        .set(c::pending_secret.eq(Some(sealed.to_vec())))
-        .execute(conn)?;
+    diesel::update(c::table.find(id.to_string())).set(c::pending_secret.eq(Some(sealed.to_vec()))).execute(conn)?;
     Ok(())
 }
 
 /// Ends a challenge if it is still open; returns whether this call ended it.
 pub fn end(conn: &mut DbConn, id: ChallengeId, now: DateTime<Utc>) -> StoreResult<bool> {
     let n = diesel::update(c::table.find(id.to_string()).filter(c::ended_at.is_null()))
-        .set((
-            c::ended_at.eq(ms(now)),
-            c::pending_secret.eq(None::<Vec<u8>>),
-        ))
+        .set((c::ended_at.eq(ms(now)), c::pending_secret.eq(None::<Vec<u8>>)))
         .execute(conn)?;
     Ok(n == 1)
 }
@@ -121,15 +106,9 @@ pub fn end_for_user(
 ) -> StoreResult<usize> {
     let keep = keep.map(|k| k.to_string()).unwrap_or_default();
     Ok(diesel::update(
-        c::table
-            .filter(c::user_id.eq(user.to_string()))
-            .filter(c::ended_at.is_null())
-            .filter(c::id.ne(keep)),
+        c::table.filter(c::user_id.eq(user.to_string())).filter(c::ended_at.is_null()).filter(c::id.ne(keep)),
     )
-    .set((
-        c::ended_at.eq(ms(now)),
-        c::pending_secret.eq(None::<Vec<u8>>),
-    ))
+    .set((c::ended_at.eq(ms(now)), c::pending_secret.eq(None::<Vec<u8>>)))
     .execute(conn)?)
 }
 
@@ -142,15 +121,9 @@ pub fn end_for_tenant(
 ) -> StoreResult<usize> {
     let keep = keep.map(|k| k.to_string()).unwrap_or_default();
     Ok(diesel::update(
-        c::table
-            .filter(c::tenant_id.eq(tenant.to_string()))
-            .filter(c::ended_at.is_null())
-            .filter(c::id.ne(keep)),
+        c::table.filter(c::tenant_id.eq(tenant.to_string())).filter(c::ended_at.is_null()).filter(c::id.ne(keep)),
     )
-    .set((
-        c::ended_at.eq(ms(now)),
-        c::pending_secret.eq(None::<Vec<u8>>),
-    ))
+    .set((c::ended_at.eq(ms(now)), c::pending_secret.eq(None::<Vec<u8>>)))
     .execute(conn)?)
 }
 

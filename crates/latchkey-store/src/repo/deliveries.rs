@@ -49,12 +49,7 @@ impl DeliveryState {
 }
 
 /// Records a new delivery (state `pending`).
-pub fn insert(
-    conn: &mut DbConn,
-    id: DeliveryId,
-    kind: &str,
-    now: DateTime<Utc>,
-) -> StoreResult<()> {
+pub fn insert(conn: &mut DbConn, id: DeliveryId, kind: &str, now: DateTime<Utc>) -> StoreResult<()> {
     diesel::insert_into(md::table)
         .values((
             md::id.eq(id.to_string()),
@@ -70,36 +65,22 @@ pub fn insert(
 
 /// Claims the delivery for sending: succeeds only from `pending`, or from a `sending` claim
 /// older than `lease` (atomic conditional update, so two workers never both win).
-pub fn claim(
-    conn: &mut DbConn,
-    id: DeliveryId,
-    now: DateTime<Utc>,
-    lease: Duration,
-) -> StoreResult<bool> {
+pub fn claim(conn: &mut DbConn, id: DeliveryId, now: DateTime<Utc>, lease: Duration) -> StoreResult<bool> {
     let n = diesel::update(
         md::table.find(id.to_string()).filter(
-            md::state.eq(DeliveryState::Pending.as_str()).or(md::state
-                .eq(DeliveryState::Sending.as_str())
-                .and(md::updated_at.lt(ms(now - lease)))),
+            md::state
+                .eq(DeliveryState::Pending.as_str())
+                .or(md::state.eq(DeliveryState::Sending.as_str()).and(md::updated_at.lt(ms(now - lease)))),
         ),
     )
-    .set((
-        md::state.eq(DeliveryState::Sending.as_str()),
-        md::attempts.eq(md::attempts + 1),
-        md::updated_at.eq(ms(now)),
-    ))
+    .set((md::state.eq(DeliveryState::Sending.as_str()), md::attempts.eq(md::attempts + 1), md::updated_at.eq(ms(now))))
     .execute(conn)?;
     Ok(n == 1)
 }
 
 /// Moves a claimed delivery to `state` (`Sent`, `Dropped`, or back to `Pending` after a
 /// failed attempt).
-pub fn finish(
-    conn: &mut DbConn,
-    id: DeliveryId,
-    state: DeliveryState,
-    now: DateTime<Utc>,
-) -> StoreResult<()> {
+pub fn finish(conn: &mut DbConn, id: DeliveryId, state: DeliveryState, now: DateTime<Utc>) -> StoreResult<()> {
     diesel::update(md::table.find(id.to_string()))
         .set((md::state.eq(state.as_str()), md::updated_at.eq(ms(now))))
         .execute(conn)?;
@@ -108,17 +89,10 @@ pub fn finish(
 
 /// The delivery's state and attempts so far.
 pub fn get(conn: &mut DbConn, id: DeliveryId) -> StoreResult<Option<(DeliveryState, i32)>> {
-    let row: Option<(String, i32)> = md::table
-        .find(id.to_string())
-        .select((md::state, md::attempts))
-        .first(conn)
-        .optional()?;
-    row.map(|(s, n)| {
-        DeliveryState::parse(&s)
-            .map(|s| (s, n))
-            .ok_or(crate::StoreError::Corrupt("delivery state"))
-    })
-    .transpose()
+    let row: Option<(String, i32)> =
+        md::table.find(id.to_string()).select((md::state, md::attempts)).first(conn).optional()?;
+    row.map(|(s, n)| DeliveryState::parse(&s).map(|s| (s, n)).ok_or(crate::StoreError::Corrupt("delivery state")))
+        .transpose()
 }
 
 /// Deletes finished deliveries older than `before` (housekeeping).
@@ -126,10 +100,7 @@ pub fn purge_before(conn: &mut DbConn, before: DateTime<Utc>) -> StoreResult<usi
     Ok(diesel::delete(
         md::table
             .filter(md::updated_at.lt(ms(before)))
-            .filter(md::state.eq_any([
-                DeliveryState::Sent.as_str(),
-                DeliveryState::Dropped.as_str(),
-            ])),
+            .filter(md::state.eq_any([DeliveryState::Sent.as_str(), DeliveryState::Dropped.as_str()])),
     )
     .execute(conn)?)
 }

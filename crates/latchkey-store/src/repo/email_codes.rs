@@ -69,11 +69,7 @@ pub fn for_challenge(conn: &mut DbConn, challenge: ChallengeId) -> StoreResult<V
 }
 
 /// Send times of `user`'s codes since `since` (the send log of the window and cooldown).
-pub fn sent_since(
-    conn: &mut DbConn,
-    user: UserId,
-    since: DateTime<Utc>,
-) -> StoreResult<Vec<DateTime<Utc>>> {
+pub fn sent_since(conn: &mut DbConn, user: UserId, since: DateTime<Utc>) -> StoreResult<Vec<DateTime<Utc>>> {
     ec::table
         .filter(ec::user_id.eq(user.to_string()))
         .filter(ec::created_at.gt(ms(since)))
@@ -98,14 +94,10 @@ pub fn void_for_user(conn: &mut DbConn, user: UserId, now: DateTime<Utc>) -> Sto
 
 /// Marks a code used if it is still live; returns whether this call used it.
 pub fn mark_used(conn: &mut DbConn, id: EmailCodeId, now: DateTime<Utc>) -> StoreResult<bool> {
-    let n = diesel::update(
-        ec::table
-            .find(id.to_string())
-            .filter(ec::used_at.is_null())
-            .filter(ec::voided_at.is_null()),
-    )
-    .set(ec::used_at.eq(ms(now)))
-    .execute(conn)?;
+    let n =
+        diesel::update(ec::table.find(id.to_string()).filter(ec::used_at.is_null()).filter(ec::voided_at.is_null()))
+            .set(ec::used_at.eq(ms(now)))
+            .execute(conn)?;
     Ok(n == 1)
 }
 

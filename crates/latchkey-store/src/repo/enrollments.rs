@@ -47,22 +47,14 @@ pub fn for_user(conn: &mut DbConn, user: UserId) -> StoreResult<Vec<Enrollment>>
 
 /// The enrolled methods of `user`.
 pub fn methods_of(conn: &mut DbConn, user: UserId) -> StoreResult<MethodSet> {
-    Ok(for_user(conn, user)?
-        .into_iter()
-        .map(|en| en.method)
-        .collect())
+    Ok(for_user(conn, user)?.into_iter().map(|en| en.method).collect())
 }
 
 /// The enrolled methods of several users at once (for lists).
-pub fn methods_of_many(
-    conn: &mut DbConn,
-    users: &[UserId],
-) -> StoreResult<HashMap<UserId, MethodSet>> {
+pub fn methods_of_many(conn: &mut DbConn, users: &[UserId]) -> StoreResult<HashMap<UserId, MethodSet>> {
     let ids: Vec<String> = users.iter().map(ToString::to_string).collect();
-    let rows: Vec<(String, String)> = e::table
-        .filter(e::user_id.eq_any(ids))
-        .select((e::user_id, e::method))
-        .load(conn)?;
+    let rows: Vec<(String, String)> =
+        e::table.filter(e::user_id.eq_any(ids)).select((e::user_id, e::method)).load(conn)?;
     let mut out: HashMap<UserId, MethodSet> = HashMap::new();
     for (user, method) in rows {
         let entry = out.entry(parse("user id", &user)?).or_default();

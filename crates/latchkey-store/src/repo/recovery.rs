@@ -69,11 +69,7 @@ pub fn pending_for_user(conn: &mut DbConn, user: UserId) -> StoreResult<Option<R
 }
 
 /// The request `id` of `tenant`.
-pub fn by_id(
-    conn: &mut DbConn,
-    tenant: TenantId,
-    id: RecoveryRequestId,
-) -> StoreResult<Option<RecoveryRequest>> {
+pub fn by_id(conn: &mut DbConn, tenant: TenantId, id: RecoveryRequestId) -> StoreResult<Option<RecoveryRequest>> {
     rr::table
         .filter(rr::tenant_id.eq(tenant.to_string()))
         .filter(rr::id.eq(id.to_string()))
@@ -91,9 +87,7 @@ pub fn list(
     status: Option<RecoveryStatus>,
     page: Page<'_>,
 ) -> StoreResult<Vec<RecoveryRequest>> {
-    let mut q = rr::table
-        .filter(rr::tenant_id.eq(tenant.to_string()))
-        .into_boxed();
+    let mut q = rr::table.filter(rr::tenant_id.eq(tenant.to_string())).into_boxed();
     if let Some(status) = status {
         q = q.filter(rr::status.eq(status.as_str()));
     }
@@ -117,16 +111,8 @@ pub fn decide(
     by: UserId,
     now: DateTime<Utc>,
 ) -> StoreResult<bool> {
-    let n = diesel::update(
-        rr::table
-            .find(id.to_string())
-            .filter(rr::status.eq(RecoveryStatus::Pending.as_str())),
-    )
-    .set((
-        rr::status.eq(status.as_str()),
-        rr::decided_at.eq(ms(now)),
-        rr::decided_by.eq(by.to_string()),
-    ))
-    .execute(conn)?;
+    let n = diesel::update(rr::table.find(id.to_string()).filter(rr::status.eq(RecoveryStatus::Pending.as_str())))
+        .set((rr::status.eq(status.as_str()), rr::decided_at.eq(ms(now)), rr::decided_by.eq(by.to_string())))
+        .execute(conn)?;
     Ok(n == 1)
 }

@@ -52,11 +52,7 @@ pub fn insert(conn: &mut DbConn, t: &ResetToken, token_hash: &[u8]) -> StoreResu
 }
 
 /// The live (unused, not voided, unexpired) token hashing to `token_hash`.
-pub fn live_by_hash(
-    conn: &mut DbConn,
-    token_hash: &[u8],
-    now: DateTime<Utc>,
-) -> StoreResult<Option<ResetToken>> {
+pub fn live_by_hash(conn: &mut DbConn, token_hash: &[u8], now: DateTime<Utc>) -> StoreResult<Option<ResetToken>> {
     rt::table
         .filter(rt::token_hash.eq(token_hash.to_vec()))
         .filter(rt::used_at.is_null())
@@ -70,11 +66,7 @@ pub fn live_by_hash(
 }
 
 /// Send times of `user`'s links since `since`.
-pub fn sent_since(
-    conn: &mut DbConn,
-    user: UserId,
-    since: DateTime<Utc>,
-) -> StoreResult<Vec<DateTime<Utc>>> {
+pub fn sent_since(conn: &mut DbConn, user: UserId, since: DateTime<Utc>) -> StoreResult<Vec<DateTime<Utc>>> {
     rt::table
         .filter(rt::user_id.eq(user.to_string()))
         .filter(rt::created_at.gt(ms(since)))
@@ -99,14 +91,10 @@ pub fn void_for_user(conn: &mut DbConn, user: UserId, now: DateTime<Utc>) -> Sto
 
 /// Marks a link used if it is still live; returns whether this call used it.
 pub fn mark_used(conn: &mut DbConn, id: ResetTokenId, now: DateTime<Utc>) -> StoreResult<bool> {
-    let n = diesel::update(
-        rt::table
-            .find(id.to_string())
-            .filter(rt::used_at.is_null())
-            .filter(rt::voided_at.is_null()),
-    )
-    .set(rt::used_at.eq(ms(now)))
-    .execute(conn)?;
+    let n =
+        diesel::update(rt::table.find(id.to_string()).filter(rt::used_at.is_null()).filter(rt::voided_at.is_null()))
+            .set(rt::used_at.eq(ms(now)))
+            .execute(conn)?;
     Ok(n == 1)
 }
 

@@ -50,11 +50,7 @@ pub fn insert(conn: &mut DbConn, session: &Session, token_hash: &[u8]) -> StoreR
 }
 
 /// The unexpired session whose token hashes to `token_hash`.
-pub fn by_token_hash(
-    conn: &mut DbConn,
-    token_hash: &[u8],
-    now: DateTime<Utc>,
-) -> StoreResult<Option<Session>> {
+pub fn by_token_hash(conn: &mut DbConn, token_hash: &[u8], now: DateTime<Utc>) -> StoreResult<Option<Session>> {
     s::table
         .filter(s::token_hash.eq(token_hash.to_vec()))
         .filter(s::expires_at.gt(ms(now)))
@@ -67,9 +63,7 @@ pub fn by_token_hash(
 
 /// Records a second-factor verification on the session (step-up).
 pub fn mark_second_factor(conn: &mut DbConn, id: SessionId, now: DateTime<Utc>) -> StoreResult<()> {
-    diesel::update(s::table.find(id.to_string()))
-        .set(s::second_factor_at.eq(ms(now)))
-        .execute(conn)?;
+    diesel::update(s::table.find(id.to_string())).set(s::second_factor_at.eq(ms(now))).execute(conn)?;
     Ok(())
 }
 
@@ -80,33 +74,15 @@ pub fn delete(conn: &mut DbConn, id: SessionId) -> StoreResult<()> {
 }
 
 /// Ends every session of `user` except `keep`.
-pub fn delete_for_user(
-    conn: &mut DbConn,
-    user: UserId,
-    keep: Option<SessionId>,
-) -> StoreResult<usize> {
+pub fn delete_for_user(conn: &mut DbConn, user: UserId, keep: Option<SessionId>) -> StoreResult<usize> {
     let keep = keep.map(|k| k.to_string()).unwrap_or_default();
-    Ok(diesel::delete(
-        s::table
-            .filter(s::user_id.eq(user.to_string()))
-            .filter(s::id.ne(keep)),
-    )
-    .execute(conn)?)
+    Ok(diesel::delete(s::table.filter(s::user_id.eq(user.to_string())).filter(s::id.ne(keep))).execute(conn)?)
 }
 
 /// Ends every session of `tenant` except `keep`.
-pub fn delete_for_tenant(
-    conn: &mut DbConn,
-    tenant: TenantId,
-    keep: Option<SessionId>,
-) -> StoreResult<usize> {
+pub fn delete_for_tenant(conn: &mut DbConn, tenant: TenantId, keep: Option<SessionId>) -> StoreResult<usize> {
     let keep = keep.map(|k| k.to_string()).unwrap_or_default();
-    Ok(diesel::delete(
-        s::table
-            .filter(s::tenant_id.eq(tenant.to_string()))
-            .filter(s::id.ne(keep)),
-    )
-    .execute(conn)?)
+    Ok(diesel::delete(s::table.filter(s::tenant_id.eq(tenant.to_string())).filter(s::id.ne(keep))).execute(conn)?)
 }
 
 /// Deletes sessions expired before `now` (housekeeping).

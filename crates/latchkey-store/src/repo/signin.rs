@@ -12,11 +12,7 @@ use crate::schema::signin_failures as sf;
 use crate::{DbConn, per_backend};
 
 /// The throttle state of `subject` in `tenant`.
-pub fn get(
-    conn: &mut DbConn,
-    tenant: TenantId,
-    subject: &str,
-) -> StoreResult<Option<SigninThrottle>> {
+pub fn get(conn: &mut DbConn, tenant: TenantId, subject: &str) -> StoreResult<Option<SigninThrottle>> {
     let row: Option<(i32, i64)> = sf::table
         .filter(sf::tenant_id.eq(tenant.to_string()))
         .filter(sf::subject.eq(subject))
@@ -24,21 +20,13 @@ pub fn get(
         .first(conn)
         .optional()?;
     row.map(|(failures, start)| {
-        Ok(SigninThrottle {
-            failures: u32::try_from(failures).unwrap_or(0),
-            window_started_at: at(start)?,
-        })
+        Ok(SigninThrottle { failures: u32::try_from(failures).unwrap_or(0), window_started_at: at(start)? })
     })
     .transpose()
 }
 
 /// Stores the throttle state of `subject` (insert or replace).
-pub fn put(
-    conn: &mut DbConn,
-    tenant: TenantId,
-    subject: &str,
-    state: SigninThrottle,
-) -> StoreResult<()> {
+pub fn put(conn: &mut DbConn, tenant: TenantId, subject: &str, state: SigninThrottle) -> StoreResult<()> {
     let values = (
         sf::tenant_id.eq(tenant.to_string()),
         sf::subject.eq(subject.to_owned()),
@@ -56,11 +44,7 @@ pub fn put(
 
 /// Forgets the failures of `subject` (after a successful sign-in).
 pub fn clear(conn: &mut DbConn, tenant: TenantId, subject: &str) -> StoreResult<()> {
-    diesel::delete(
-        sf::table
-            .filter(sf::tenant_id.eq(tenant.to_string()))
-            .filter(sf::subject.eq(subject)),
-    )
-    .execute(conn)?;
+    diesel::delete(sf::table.filter(sf::tenant_id.eq(tenant.to_string())).filter(sf::subject.eq(subject)))
+        .execute(conn)?;
     Ok(())
 }

@@ -53,9 +53,7 @@ pub fn insert(conn: &mut DbConn, t: &Tenant) -> StoreResult<()> {
         created_at: ms(t.created_at),
         updated_at: ms(t.created_at),
     };
-    diesel::insert_into(tenants::table)
-        .values(&row)
-        .execute(conn)?;
+    diesel::insert_into(tenants::table).values(&row).execute(conn)?;
     Ok(())
 }
 
@@ -82,28 +80,15 @@ pub fn by_id(conn: &mut DbConn, id: TenantId) -> StoreResult<Option<Tenant>> {
 }
 
 /// Turns 2FA on or off.
-pub fn set_enabled(
-    conn: &mut DbConn,
-    id: TenantId,
-    enabled: bool,
-    now: DateTime<Utc>,
-) -> StoreResult<()> {
+pub fn set_enabled(conn: &mut DbConn, id: TenantId, enabled: bool, now: DateTime<Utc>) -> StoreResult<()> {
     diesel::update(tenants::table.find(id.to_string()))
-        .set((
-            tenants::two_factor_enabled.eq(enabled),
-            tenants::updated_at.eq(ms(now)),
-        ))
+        .set((tenants::two_factor_enabled.eq(enabled), tenants::updated_at.eq(ms(now))))
         .execute(conn)?;
     Ok(())
 }
 
 /// Sets the methods allowed per role.
-pub fn set_methods(
-    conn: &mut DbConn,
-    id: TenantId,
-    policy: &TwoFactorPolicy,
-    now: DateTime<Utc>,
-) -> StoreResult<()> {
+pub fn set_methods(conn: &mut DbConn, id: TenantId, policy: &TwoFactorPolicy, now: DateTime<Utc>) -> StoreResult<()> {
     diesel::update(tenants::table.find(id.to_string()))
         .set((
             tenants::methods_admin.eq(policy.admin.bits()),

@@ -61,9 +61,7 @@ pub fn insert(conn: &mut DbConn, u: &User) -> StoreResult<()> {
         created_at: ms(u.created_at),
         updated_at: ms(u.created_at),
     };
-    diesel::insert_into(users::table)
-        .values(&row)
-        .execute(conn)?;
+    diesel::insert_into(users::table).values(&row).execute(conn)?;
     Ok(())
 }
 
@@ -93,9 +91,7 @@ pub fn by_id(conn: &mut DbConn, tenant: TenantId, id: UserId) -> StoreResult<Opt
 
 /// Users of `tenant` in creation order, after the cursor.
 pub fn list(conn: &mut DbConn, tenant: TenantId, page: Page<'_>) -> StoreResult<Vec<User>> {
-    let mut q = users::table
-        .filter(users::tenant_id.eq(tenant.to_string()))
-        .into_boxed();
+    let mut q = users::table.filter(users::tenant_id.eq(tenant.to_string())).into_boxed();
     if let Some(after) = page.after {
         q = q.filter(users::id.gt(after.to_owned()));
     }
@@ -122,12 +118,7 @@ pub fn count_admins(conn: &mut DbConn, tenant: TenantId) -> StoreResult<i64> {
 /// [`write_tx`](crate::write_tx) already holds the database's write lock.
 pub fn lock(conn: &mut DbConn, id: UserId) -> StoreResult<()> {
     if let DbConn::Pg(pg) = conn {
-        users::table
-            .find(id.to_string())
-            .select(users::id)
-            .for_update()
-            .first::<String>(pg)
-            .optional()?;
+        users::table.find(id.to_string()).select(users::id).for_update().first::<String>(pg).optional()?;
     }
     Ok(())
 }
@@ -137,12 +128,7 @@ pub fn lock(conn: &mut DbConn, id: UserId) -> StoreResult<()> {
 pub fn lock_tenant(conn: &mut DbConn, tenant: TenantId) -> StoreResult<()> {
     if let DbConn::Pg(pg) = conn {
         use crate::schema::tenants;
-        tenants::table
-            .find(tenant.to_string())
-            .select(tenants::id)
-            .for_update()
-            .first::<String>(pg)
-            .optional()?;
+        tenants::table.find(tenant.to_string()).select(tenants::id).for_update().first::<String>(pg).optional()?;
     }
     Ok(())
 }
@@ -177,33 +163,20 @@ pub fn update_profile(
 ) -> StoreResult<()> {
     let id = id.to_string();
     if let Some(name) = name {
-        diesel::update(users::table.find(&id))
-            .set(users::name.eq(name))
-            .execute(conn)?;
+        diesel::update(users::table.find(&id)).set(users::name.eq(name)).execute(conn)?;
     }
     if let Some(email) = email {
-        diesel::update(users::table.find(&id))
-            .set(users::email.eq(email))
-            .execute(conn)?;
+        diesel::update(users::table.find(&id)).set(users::email.eq(email)).execute(conn)?;
     }
     if let Some(role) = role {
-        diesel::update(users::table.find(&id))
-            .set(users::role.eq(role.as_str()))
-            .execute(conn)?;
+        diesel::update(users::table.find(&id)).set(users::role.eq(role.as_str())).execute(conn)?;
     }
-    diesel::update(users::table.find(&id))
-        .set(users::updated_at.eq(ms(now)))
-        .execute(conn)?;
+    diesel::update(users::table.find(&id)).set(users::updated_at.eq(ms(now))).execute(conn)?;
     Ok(())
 }
 
 /// Replaces the password hash.
-pub fn set_password(
-    conn: &mut DbConn,
-    id: UserId,
-    hash: &str,
-    now: DateTime<Utc>,
-) -> StoreResult<()> {
+pub fn set_password(conn: &mut DbConn, id: UserId, hash: &str, now: DateTime<Utc>) -> StoreResult<()> {
     diesel::update(users::table.find(id.to_string()))
         .set((users::password_hash.eq(hash), users::updated_at.eq(ms(now))))
         .execute(conn)?;

@@ -3,9 +3,7 @@
 
 use latchkey_core::{AuditKind, Role, SessionId, TenantId, UserId};
 use latchkey_store::model::{Tenant, TwoFactorPolicy, User};
-use latchkey_store::repo::{
-    Page, challenges, email_codes, enrollments, reset_tokens, sessions, tenants, users,
-};
+use latchkey_store::repo::{Page, challenges, email_codes, enrollments, reset_tokens, sessions, tenants, users};
 use latchkey_store::{DbConn, StoreError, StoreResult};
 use serde_json::json;
 
@@ -44,18 +42,10 @@ fn conflict_as(e: StoreError, err: Error) -> Error {
 pub fn check_slug(slug: &str) -> Result<()> {
     let ok = !slug.is_empty()
         && slug.len() <= 63
-        && slug
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !slug.starts_with('-')
         && !slug.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidRequest(
-            "slug must be 1 to 63 of a-z, 0-9 and inner hyphens".into(),
-        ))
-    }
+    if ok { Ok(()) } else { Err(Error::InvalidRequest("slug must be 1 to 63 of a-z, 0-9 and inner hyphens".into())) }
 }
 
 impl Service {
@@ -139,7 +129,8 @@ impl Service {
         challenges::end_for_user(conn, target.id, None, now)?;
         email_codes::void_for_user(conn, target.id, now)?;
         reset_tokens::void_for_user(conn, target.id, now)?;
-        let detail = json!({"from": latchkey_core::email::mask(&target.email), "to": latchkey_core::email::mask(email)});
+        let detail =
+            json!({"from": latchkey_core::email::mask(&target.email), "to": latchkey_core::email::mask(email)});
         Service::audit(
             conn,
             ctx,
@@ -172,9 +163,8 @@ impl Service {
                     return Err(Error::EmailChangeForbidden);
                 }
                 let email = clean_email(email)?;
-                let password = password.ok_or_else(|| {
-                    Error::InvalidRequest("password is required to change the email".into())
-                })?;
+                let password =
+                    password.ok_or_else(|| Error::InvalidRequest("password is required to change the email".into()))?;
                 self.require_step_up(auth, ctx.now)?;
                 self.confirm_password(ctx, &auth.user, password).await?;
                 Some(email).filter(|e| *e != auth.user.email)
@@ -193,8 +183,7 @@ impl Service {
                 if let Some(name) = &name {
                     users::update_profile(c, user.id, Some(name), None, None, ctx.now)?;
                 }
-                let fresh = users::by_id(c, user.tenant_id, user.id)?
-                    .ok_or(StoreError::Corrupt("user vanished"))?;
+                let fresh = users::by_id(c, user.tenant_id, user.id)?.ok_or(StoreError::Corrupt("user vanished"))?;
                 svc.user_view(c, &fresh)
             })
             .await
@@ -205,13 +194,7 @@ impl Service {
     /// user's other sessions.
     ///
     /// Errors: `InvalidPassword`, `InvalidRequest` (rules), `RateLimited`.
-    pub async fn change_password(
-        &self,
-        ctx: &RequestCtx,
-        auth: &Auth,
-        current: &str,
-        new: &str,
-    ) -> Result<()> {
+    pub async fn change_password(&self, ctx: &RequestCtx, auth: &Auth, current: &str, new: &str) -> Result<()> {
         check_new_password(new)?;
         self.confirm_password(ctx, &auth.user, current).await?;
         let hash = self.hash_password(new).await?;
@@ -237,32 +220,17 @@ impl Service {
     }
 
     /// `GET /api/v1/agents` (admin): the tenant's users in creation order.
-    pub async fn list_users(
-        &self,
-        auth: &Auth,
-        after: Option<UserId>,
-        limit: i64,
-    ) -> Result<Vec<UserView>> {
+    pub async fn list_users(&self, auth: &Auth, after: Option<UserId>, limit: i64) -> Result<Vec<UserView>> {
         Service::require_admin(auth)?;
         let tenant = auth.tenant.id;
         Ok(self
             .store
             .run(move |c| {
                 let after = after.map(|a| a.to_string());
-                let list = users::list(
-                    c,
-                    tenant,
-                    Page {
-                        after: after.as_deref(),
-                        limit,
-                    },
-                )?;
+                let list = users::list(c, tenant, Page { after: after.as_deref(), limit })?;
                 let ids: Vec<UserId> = list.iter().map(|u| u.id).collect();
                 let methods = enrollments::methods_of_many(c, &ids)?;
-                Ok(list
-                    .iter()
-                    .map(|u| UserView::new(u, methods.get(&u.id).copied().unwrap_or_default()))
-                    .collect())
+                Ok(list.iter().map(|u| UserView::new(u, methods.get(&u.id).copied().unwrap_or_default())).collect())
             })
             .await?)
     }
@@ -271,12 +239,7 @@ impl Service {
     /// second factor.
     ///
     /// Errors: `Forbidden`, `StepUpRequired`, `InvalidRequest`, `EmailTaken`.
-    pub async fn create_user(
-        &self,
-        ctx: &RequestCtx,
-        auth: &Auth,
-        new: NewUser,
-    ) -> Result<UserView> {
+    pub async fn create_user(&self, ctx: &RequestCtx, auth: &Auth, new: NewUser) -> Result<UserView> {
         Service::require_admin(auth)?;
         if new.role == Role::Admin {
             self.require_step_up(auth, ctx.now)?;
@@ -374,8 +337,7 @@ impl Service {
                 if let Some(name) = &name {
                     users::update_profile(c, target.id, Some(name), None, None, ctx.now)?;
                 }
-                let fresh =
-                    users::by_id(c, tenant, id)?.ok_or(StoreError::Corrupt("user vanished"))?;
+                let fresh = users::by_id(c, tenant, id)?.ok_or(StoreError::Corrupt("user vanished"))?;
                 Ok(Ok(svc.user_view(c, &fresh)?))
             })
             .await

@@ -20,17 +20,10 @@ pub struct RecoveryView {
 }
 
 impl Service {
-    fn recovery_view(
-        &self,
-        conn: &mut DbConn,
-        request: RecoveryRequest,
-    ) -> StoreResult<RecoveryView> {
+    fn recovery_view(&self, conn: &mut DbConn, request: RecoveryRequest) -> StoreResult<RecoveryView> {
         let user = users::by_id(conn, request.tenant_id, request.user_id)?
             .ok_or(StoreError::Corrupt("request without user"))?;
-        Ok(RecoveryView {
-            user: self.user_view(conn, &user)?,
-            request,
-        })
+        Ok(RecoveryView { user: self.user_view(conn, &user)?, request })
     }
 
     /// `GET /api/v1/recovery-requests` (admin): newest first, optionally of one status.
@@ -48,15 +41,7 @@ impl Service {
             .store
             .run(move |c| {
                 let after = after.map(|a| a.to_string());
-                let list = recovery::list(
-                    c,
-                    tenant,
-                    status,
-                    Page {
-                        after: after.as_deref(),
-                        limit,
-                    },
-                )?;
+                let list = recovery::list(c, tenant, status, Page { after: after.as_deref(), limit })?;
                 list.into_iter().map(|r| svc.recovery_view(c, r)).collect()
             })
             .await?)
@@ -85,11 +70,7 @@ impl Service {
                     return Ok(Err(Error::NotFound));
                 };
                 users::lock(c, request.user_id)?;
-                let status = if approve {
-                    RecoveryStatus::Approved
-                } else {
-                    RecoveryStatus::Dismissed
-                };
+                let status = if approve { RecoveryStatus::Approved } else { RecoveryStatus::Dismissed };
                 if !recovery::decide(c, id, status, admin, ctx.now)? {
                     return Ok(Err(Error::RequestNotPending));
                 }
@@ -108,8 +89,7 @@ impl Service {
                     kind,
                     json!({"request_id": id}),
                 )?;
-                let decided = recovery::by_id(c, tenant, id)?
-                    .ok_or(StoreError::Corrupt("request vanished"))?;
+                let decided = recovery::by_id(c, tenant, id)?.ok_or(StoreError::Corrupt("request vanished"))?;
                 Ok(Ok(svc.recovery_view(c, decided)?))
             })
             .await?
@@ -125,32 +105,14 @@ impl Service {
     ) -> Result<Vec<AuditEvent>> {
         Service::require_admin(auth)?;
         let tenant = auth.tenant.id;
-        Ok(self
-            .store
-            .run(move |c| {
-                audit::list(
-                    c,
-                    tenant,
-                    &filter,
-                    Page {
-                        after: after.as_deref(),
-                        limit,
-                    },
-                )
-            })
-            .await?)
+        Ok(self.store.run(move |c| audit::list(c, tenant, &filter, Page { after: after.as_deref(), limit })).await?)
     }
 
     /// `POST /api/v1/tenants/{slug}/users/{id}/reset-2fa` (operator): recovers a user (e.g. a
     /// sole admin who lost both factors); audited as `operator_reset`.
     ///
     /// Errors: `NotFound` for an unknown tenant or user.
-    pub async fn operator_reset(
-        &self,
-        ctx: &RequestCtx,
-        slug: &str,
-        user: UserId,
-    ) -> Result<UserView> {
+    pub async fn operator_reset(&self, ctx: &RequestCtx, slug: &str, user: UserId) -> Result<UserView> {
         let slug = slug.to_owned();
         let svc = self.clone();
         let ctx = ctx.clone();

@@ -10,16 +10,13 @@ use latchkey_core::crypto::{TokenPurpose, ct_eq};
 use latchkey_core::otp::{SendRefusal, decide_send, generate_email_code, seconds_until};
 use latchkey_core::totp::{self, TotpCheck, TotpSecret};
 use latchkey_core::{
-    AuditKind, DeliveryId, EmailCodeId, Method, RecoveryRequestId, ResetTokenId, Role, SecretToken,
-    UserId,
+    AuditKind, DeliveryId, EmailCodeId, Method, RecoveryRequestId, ResetTokenId, Role, SecretToken, UserId,
 };
 use latchkey_store::model::{
-    Challenge, ChallengePurpose, EmailCode, Enrollment, NextAction, RecoveryRequest,
-    RecoveryStatus, ResetToken, Tenant, User,
+    Challenge, ChallengePurpose, EmailCode, Enrollment, NextAction, RecoveryRequest, RecoveryStatus, ResetToken,
+    Tenant, User,
 };
-use latchkey_store::repo::{
-    challenges, deliveries, email_codes, enrollments, recovery, reset_tokens, users,
-};
+use latchkey_store::repo::{challenges, deliveries, email_codes, enrollments, recovery, reset_tokens, users};
 use latchkey_store::{DbConn, StoreError, StoreResult};
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -64,7 +61,7 @@ pub struct EmailSent {
 #[derive(Debug, Clone)]
 pub enum RecoveryStarted {
     /// Agents and supervisors: a request for an admin to decide.
-    AdminApproval(RecoveryView),
+    AdminApproval(Box<RecoveryView>),
     /// Admins: a reset link was emailed.
     EmailLink {
         /// Where it went, masked.
@@ -82,10 +79,7 @@ pub(super) struct Located {
 pub(super) enum Checked {
     /// A TOTP code of a new time step. `enroll` holds the secret when it came from a pending
     /// setup (to be enrolled now).
-    Totp {
-        step: i64,
-        enroll: Option<TotpSecret>,
-    },
+    Totp { step: i64, enroll: Option<TotpSecret> },
     /// The challenge's live email code.
     Email { code_id: EmailCodeId },
     /// The right code of an already used TOTP step: refused, not counted.
@@ -106,12 +100,8 @@ pub(super) fn enrolled_aad(user: UserId) -> Vec<u8> {
 
 fn send_refusal(refusal: SendRefusal, now: DateTime<Utc>) -> Error {
     match refusal {
-        SendRefusal::TooSoon { retry_at } => Error::ResendTooSoon {
-            retry_after: seconds_until(retry_at, now),
-        },
-        SendRefusal::LimitReached { retry_at } => Error::SendLimitReached {
-            retry_after: seconds_until(retry_at, now),
-        },
+        SendRefusal::TooSoon { retry_at } => Error::ResendTooSoon { retry_after: seconds_until(retry_at, now) },
+        SendRefusal::LimitReached { retry_at } => Error::SendLimitReached { retry_after: seconds_until(retry_at, now) },
     }
 }
 
@@ -135,22 +125,12 @@ impl Service {
                 Ok(user.map(|u| (ch, u)))
             })
             .await?;
-        let (challenge, user) = found
-            .filter(|(ch, _)| ch.purpose == purpose)
-            .ok_or_else(missing)?;
-        let tenant = self
-            .registry
-            .enter(challenge.tenant_id)
-            .await
-            .map_err(|e| match e {
-                Error::NotFound => missing(),
-                other => other,
-            })?;
-        Ok(Located {
-            challenge,
-            tenant,
-            user,
-        })
+        let (challenge, user) = found.filter(|(ch, _)| ch.purpose == purpose).ok_or_else(missing)?;
+        let tenant = self.registry.enter(challenge.tenant_id).await.map_err(|e| match e {
+            Error::NotFound => missing(),
+            other => other,
+        })?;
+        Ok(Located { challenge, tenant, user })
     }
 
     /// Re-reads the user (after taking its lock) and the challenge, which must still be open.
@@ -168,13 +148,8 @@ impl Service {
     /// `OtpBlocked` if the user is blocked at `now` (counted in metrics, not as a failure).
     pub(super) fn blocked(&self, user: &User, method: Method, now: DateTime<Utc>) -> Option<Error> {
         let until = user.lockout.blocked(now)?;
-        self.metrics
-            .otp_verifications
-            .with_label_values(&[method.as_str(), "blocked"])
-            .inc();
-        Some(Error::OtpBlocked {
-            retry_after: seconds_until(until, now),
-        })
+        self.metrics.otp_verifications.with_label_values(&[method.as_str(), "blocked"]).inc();
+        Some(Error::OtpBlocked { retry_after: seconds_until(until, now) })
     }
 
     /// Checks `code` for `method` on `challenge`; for TOTP the last accepted step moves
@@ -195,57 +170,40 @@ impl Service {
                         .keys
                         .open(sealed, &pending_aad(challenge))
                         .map_err(|_| StoreError::Corrupt("pending secret"))?;
-                    let secret = TotpSecret::from_bytes(&bytes)
-                        .map_err(|_| StoreError::Corrupt("pending secret"))?;
+                    let secret = TotpSecret::from_bytes(&bytes).map_err(|_| StoreError::Corrupt("pending secret"))?;
                     return Ok(match totp::check(&secret, code, now, None) {
-                        TotpCheck::Accepted { step } => Checked::Totp {
-                            step,
-                            enroll: Some(secret),
-                        },
+                        TotpCheck::Accepted { step } => Checked::Totp { step, enroll: Some(secret) },
                         TotpCheck::Replayed => Checked::Replayed,
                         TotpCheck::Invalid => Checked::Wrong { expired: false },
                     });
                 }
-                let Some(enrollment) = enrollments::for_user(conn, user.id)?
-                    .into_iter()
-                    .find(|e| e.method == Method::Authenticator)
+                let Some(enrollment) =
+                    enrollments::for_user(conn, user.id)?.into_iter().find(|e| e.method == Method::Authenticator)
                 else {
                     return Ok(Checked::NoAuthenticator);
                 };
-                let sealed = enrollment
-                    .secret_sealed
-                    .as_deref()
-                    .ok_or(StoreError::Corrupt("totp secret"))?;
-                let bytes = self
-                    .keys
-                    .open(sealed, &enrolled_aad(user.id))
-                    .map_err(|_| StoreError::Corrupt("totp secret"))?;
-                let secret = TotpSecret::from_bytes(&bytes)
-                    .map_err(|_| StoreError::Corrupt("totp secret"))?;
-                Ok(
-                    match totp::check(&secret, code, now, enrollment.last_step) {
-                        TotpCheck::Accepted { step } => {
-                            if enrollments::advance_last_step(conn, user.id, step)? {
-                                Checked::Totp { step, enroll: None }
-                            } else {
-                                Checked::Replayed
-                            }
+                let sealed = enrollment.secret_sealed.as_deref().ok_or(StoreError::Corrupt("totp secret"))?;
+                let bytes =
+                    self.keys.open(sealed, &enrolled_aad(user.id)).map_err(|_| StoreError::Corrupt("totp secret"))?;
+                let secret = TotpSecret::from_bytes(&bytes).map_err(|_| StoreError::Corrupt("totp secret"))?;
+                Ok(match totp::check(&secret, code, now, enrollment.last_step) {
+                    TotpCheck::Accepted { step } => {
+                        if enrollments::advance_last_step(conn, user.id, step)? {
+                            Checked::Totp { step, enroll: None }
+                        } else {
+                            Checked::Replayed
                         }
-                        TotpCheck::Replayed => Checked::Replayed,
-                        TotpCheck::Invalid => Checked::Wrong { expired: false },
-                    },
-                )
+                    }
+                    TotpCheck::Replayed => Checked::Replayed,
+                    TotpCheck::Invalid => Checked::Wrong { expired: false },
+                })
             }
             Method::Email => {
                 let codes = email_codes::for_challenge(conn, challenge.id)?;
-                let matched = codes
-                    .iter()
-                    .find(|c| ct_eq(&self.keys.code_hash(&c.id.to_string(), code), &c.code_hash));
+                let matched = codes.iter().find(|c| ct_eq(&self.keys.code_hash(&c.id.to_string(), code), &c.code_hash));
                 Ok(match matched {
                     Some(c) if c.used_at.is_some() => Checked::Wrong { expired: false },
-                    Some(c) if c.voided_at.is_some() || c.expires_at <= now => {
-                        Checked::Wrong { expired: true }
-                    }
+                    Some(c) if c.voided_at.is_some() || c.expires_at <= now => Checked::Wrong { expired: true },
                     Some(c) => Checked::Email { code_id: c.id },
                     None => Checked::Wrong { expired: false },
                 })
@@ -268,10 +226,7 @@ impl Service {
         let (lockout, failure) = user.lockout.fail(now, &self.limits);
         users::set_lockout(conn, user.id, lockout)?;
         let outcome = if expired { "expired" } else { "invalid" };
-        self.metrics
-            .otp_verifications
-            .with_label_values(&[method.as_str(), outcome])
-            .inc();
+        self.metrics.otp_verifications.with_label_values(&[method.as_str(), outcome]).inc();
         let who = Some(user.id.to_string());
         Service::audit(
             conn,
@@ -293,29 +248,18 @@ impl Service {
                 AuditKind::OtpBlocked,
                 json!({"until": until}),
             )?;
-            return Ok(Error::InvalidCode {
-                attempts_remaining: 0,
-                retry_after: Some(seconds_until(until, now)),
-            });
+            return Ok(Error::InvalidCode { attempts_remaining: 0, retry_after: Some(seconds_until(until, now)) });
         }
         Ok(if expired {
-            Error::CodeExpired {
-                attempts_remaining: failure.attempts_remaining,
-            }
+            Error::CodeExpired { attempts_remaining: failure.attempts_remaining }
         } else {
-            Error::InvalidCode {
-                attempts_remaining: failure.attempts_remaining,
-                retry_after: None,
-            }
+            Error::InvalidCode { attempts_remaining: failure.attempts_remaining, retry_after: None }
         })
     }
 
     /// A replayed TOTP step: refused with the attempts left, not counted.
     pub(super) fn on_replay(&self, user: &User, method: Method, now: DateTime<Utc>) -> Error {
-        self.metrics
-            .otp_verifications
-            .with_label_values(&[method.as_str(), "replayed"])
-            .inc();
+        self.metrics.otp_verifications.with_label_values(&[method.as_str(), "replayed"]).inc();
         let failures = user.lockout.at(now).failures;
         Error::InvalidCode {
             attempts_remaining: self.limits.otp_max_failures.saturating_sub(failures),
@@ -343,44 +287,23 @@ impl Service {
     }
 
     /// The setup material of a new TOTP secret for `user` of `tenant`.
-    pub(super) fn totp_setup(
-        secret: &TotpSecret,
-        tenant: &Tenant,
-        user: &User,
-    ) -> Result<TotpSetup> {
+    pub(super) fn totp_setup(secret: &TotpSecret, tenant: &Tenant, user: &User) -> Result<TotpSetup> {
         let otpauth_uri = totp::otpauth_uri(secret, &tenant.name, &user.email);
-        let qr_png =
-            totp::qr_png_base64(&otpauth_uri).map_err(|e| Error::Internal(e.to_string()))?;
-        Ok(TotpSetup {
-            secret: secret.to_base32(),
-            otpauth_uri,
-            qr_png,
-        })
+        let qr_png = totp::qr_png_base64(&otpauth_uri).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(TotpSetup { secret: secret.to_base32(), otpauth_uri, qr_png })
     }
 
     /// `POST /api/v1/auth/2fa/authenticator/setup`: a new secret for an enrollment challenge
     /// (calling again replaces the pending secret).
     ///
     /// Errors: `InvalidChallenge`, `AlreadyEnrolled` (not an enrollment), `MethodNotAllowed`.
-    pub async fn authenticator_setup(
-        &self,
-        ctx: &RequestCtx,
-        challenge_token: &str,
-    ) -> Result<TotpSetup> {
-        let loc = self
-            .locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || {
-                Error::InvalidChallenge
-            })
-            .await?;
+    pub async fn authenticator_setup(&self, ctx: &RequestCtx, challenge_token: &str) -> Result<TotpSetup> {
+        let loc = self.locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || Error::InvalidChallenge).await?;
         self.require_enrollment_of(&loc, Method::Authenticator)?;
         let secret = TotpSecret::generate();
-        let sealed = self
-            .keys
-            .seal(secret.as_bytes(), &pending_aad(&loc.challenge));
+        let sealed = self.keys.seal(secret.as_bytes(), &pending_aad(&loc.challenge));
         let id = loc.challenge.id;
-        self.store
-            .run(move |c| challenges::set_pending_secret(c, id, &sealed))
-            .await?;
+        self.store.run(move |c| challenges::set_pending_secret(c, id, &sealed)).await?;
         Service::totp_setup(&secret, &loc.tenant, &loc.user)
     }
 
@@ -388,10 +311,7 @@ impl Service {
         if loc.challenge.next != NextAction::Enroll {
             return Err(Error::AlreadyEnrolled);
         }
-        let allowed = loc
-            .challenge
-            .methods
-            .intersect(loc.tenant.policy.methods_for(loc.user.role));
+        let allowed = loc.challenge.methods.intersect(loc.tenant.policy.methods_for(loc.user.role));
         if !allowed.contains(method) {
             return Err(if loc.challenge.methods.contains(method) {
                 Error::MethodNotAllowed
@@ -408,17 +328,8 @@ impl Service {
     ///
     /// Errors: `InvalidChallenge`, `AlreadyEnrolled`, `MethodNotAllowed`, `SetupRequired`,
     /// `InvalidCode`, `OtpBlocked`.
-    pub async fn authenticator_confirm(
-        &self,
-        ctx: &RequestCtx,
-        challenge_token: &str,
-        code: &str,
-    ) -> Result<()> {
-        let loc = self
-            .locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || {
-                Error::InvalidChallenge
-            })
-            .await?;
+    pub async fn authenticator_confirm(&self, ctx: &RequestCtx, challenge_token: &str, code: &str) -> Result<()> {
+        let loc = self.locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || Error::InvalidChallenge).await?;
         self.require_enrollment_of(&loc, Method::Authenticator)?;
         let svc = self.clone();
         let ctx = ctx.clone();
@@ -436,18 +347,12 @@ impl Service {
                     return Ok(Err(Error::SetupRequired));
                 }
                 match svc.check_code(c, &ch, &user, Method::Authenticator, &code, now)? {
-                    Checked::Totp {
-                        step,
-                        enroll: Some(secret),
-                    } => {
+                    Checked::Totp { step, enroll: Some(secret) } => {
                         svc.enroll_authenticator(c, &user, &secret, step, now)?;
                         challenges::end_for_user(c, user.id, None, now)?;
                         email_codes::void_for_user(c, user.id, now)?;
                         users::set_lockout(c, user.id, Default::default())?;
-                        svc.metrics
-                            .otp_verifications
-                            .with_label_values(&["authenticator", "success"])
-                            .inc();
+                        svc.metrics.otp_verifications.with_label_values(&["authenticator", "success"]).inc();
                         let who = Some(user.id.to_string());
                         Service::audit(
                             c,
@@ -461,16 +366,12 @@ impl Service {
                         Ok(Ok(()))
                     }
                     Checked::Replayed => Ok(Err(svc.on_replay(&user, Method::Authenticator, now))),
-                    Checked::Wrong { expired } => Ok(Err(svc.on_failure(
-                        c,
-                        &ctx,
-                        &user,
-                        Method::Authenticator,
-                        expired,
-                    )?)),
-                    Checked::Totp { enroll: None, .. }
-                    | Checked::Email { .. }
-                    | Checked::NoAuthenticator => Ok(Err(Error::SetupRequired)),
+                    Checked::Wrong { expired } => {
+                        Ok(Err(svc.on_failure(c, &ctx, &user, Method::Authenticator, expired)?))
+                    }
+                    Checked::Totp { enroll: None, .. } | Checked::Email { .. } | Checked::NoAuthenticator => {
+                        Ok(Err(Error::SetupRequired))
+                    }
                 }
             })
             .await?
@@ -482,20 +383,12 @@ impl Service {
     /// Errors: `InvalidChallenge`, `MethodNotAllowed`, `OtpBlocked`, `ResendTooSoon`,
     /// `SendLimitReached`, `QueueUnavailable`.
     pub async fn email_send(&self, ctx: &RequestCtx, challenge_token: &str) -> Result<EmailSent> {
-        let loc = self
-            .locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || {
-                Error::InvalidChallenge
-            })
-            .await?;
-        let allowed = loc
-            .challenge
-            .methods
-            .intersect(loc.tenant.policy.methods_for(loc.user.role));
+        let loc = self.locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || Error::InvalidChallenge).await?;
+        let allowed = loc.challenge.methods.intersect(loc.tenant.policy.methods_for(loc.user.role));
         if !allowed.contains(Method::Email) {
             return Err(Error::MethodNotAllowed);
         }
-        self.send_email_code(ctx, loc, || Error::InvalidChallenge)
-            .await
+        self.send_email_code(ctx, loc, || Error::InvalidChallenge).await
     }
 
     /// Sends a code for the located challenge under the send rules (cooldown, sliding window,
@@ -517,9 +410,7 @@ impl Service {
                     return Ok(Err(gone()));
                 };
                 if let Some(until) = user.lockout.blocked(now) {
-                    return Ok(Err(Error::OtpBlocked {
-                        retry_after: seconds_until(until, now),
-                    }));
+                    return Ok(Err(Error::OtpBlocked { retry_after: seconds_until(until, now) }));
                 }
                 let since = now - svc.limits.email_otp_window.max(svc.limits.email_otp_resend);
                 let sent = email_codes::sent_since(c, user.id, since)?;
@@ -590,18 +481,9 @@ impl Service {
         method: Method,
         code: &str,
     ) -> Result<IssuedSession> {
-        let loc = self
-            .locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || {
-                Error::InvalidChallenge
-            })
-            .await?;
-        let allowed = loc
-            .challenge
-            .methods
-            .intersect(loc.tenant.policy.methods_for(loc.user.role));
-        if !allowed.contains(method)
-            || (method == Method::Authenticator && loc.challenge.next == NextAction::Enroll)
-        {
+        let loc = self.locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || Error::InvalidChallenge).await?;
+        let allowed = loc.challenge.methods.intersect(loc.tenant.policy.methods_for(loc.user.role));
+        if !allowed.contains(method) || (method == Method::Authenticator && loc.challenge.next == NextAction::Enroll) {
             return Err(Error::MethodNotAllowed);
         }
         let svc = self.clone();
@@ -656,10 +538,7 @@ impl Service {
                 users::set_preferred(c, user.id, Some(method))?;
                 challenges::end(c, ch.id, now)?;
                 let (token, session) = svc.issue_session(c, &user, true, now)?;
-                svc.metrics
-                    .otp_verifications
-                    .with_label_values(&[method.as_str(), "success"])
-                    .inc();
+                svc.metrics.otp_verifications.with_label_values(&[method.as_str(), "success"]).inc();
                 let who = Some(user.id.to_string());
                 Service::audit(
                     c,
@@ -682,11 +561,7 @@ impl Service {
                 let mut user = user;
                 user.preferred = Some(method);
                 let view = svc.user_view(c, &user)?;
-                Ok(Ok(IssuedSession {
-                    token,
-                    expires_at: session.expires_at,
-                    user: view,
-                }))
+                Ok(Ok(IssuedSession { token, expires_at: session.expires_at, user: view }))
             })
             .await?
     }
@@ -696,16 +571,8 @@ impl Service {
     /// email send limits.
     ///
     /// Errors: `InvalidChallenge`, `ResendTooSoon`, `SendLimitReached`, `QueueUnavailable`.
-    pub async fn recovery(
-        &self,
-        ctx: &RequestCtx,
-        challenge_token: &str,
-    ) -> Result<RecoveryStarted> {
-        let loc = self
-            .locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || {
-                Error::InvalidChallenge
-            })
-            .await?;
+    pub async fn recovery(&self, ctx: &RequestCtx, challenge_token: &str) -> Result<RecoveryStarted> {
+        let loc = self.locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || Error::InvalidChallenge).await?;
         if loc.user.role == Role::Admin {
             return self.send_reset_link(ctx, loc).await;
         }
@@ -745,10 +612,7 @@ impl Service {
                     }
                 };
                 let view = svc.user_view(c, &user)?;
-                Ok(Ok(RecoveryStarted::AdminApproval(RecoveryView {
-                    request,
-                    user: view,
-                })))
+                Ok(Ok(RecoveryStarted::AdminApproval(Box::new(RecoveryView { request, user: view }))))
             })
             .await?
     }
@@ -780,23 +644,11 @@ impl Service {
                     used_at: None,
                     voided_at: None,
                 };
-                reset_tokens::insert(
-                    c,
-                    &row,
-                    &svc.keys.token_hash(TokenPurpose::Reset, token.expose()),
-                )?;
+                reset_tokens::insert(c, &row, &svc.keys.token_hash(TokenPurpose::Reset, token.expose()))?;
                 let delivery_id = DeliveryId::new();
                 deliveries::insert(c, delivery_id, "reset_link", now)?;
                 let who = Some(user.id.to_string());
-                Service::audit(
-                    c,
-                    &ctx2,
-                    user.tenant_id,
-                    who,
-                    Some(user.id),
-                    AuditKind::ResetLinkSent,
-                    json!({}),
-                )?;
+                Service::audit(c, &ctx2, user.tenant_id, who, Some(user.id), AuditKind::ResetLinkSent, json!({}))?;
                 Ok(Ok((user, token, row.id, delivery_id)))
             })
             .await??;
@@ -805,10 +657,7 @@ impl Service {
             token_id,
             to: user.email.clone(),
             tenant_name,
-            sealed_token: STANDARD.encode(
-                self.keys
-                    .seal(token.expose().as_bytes(), &job_aad(delivery_id)),
-            ),
+            sealed_token: STANDARD.encode(self.keys.seal(token.expose().as_bytes(), &job_aad(delivery_id))),
             expires_at: now + self.limits.reset_link_ttl,
             enqueued_at: now,
         };
@@ -822,9 +671,7 @@ impl Service {
                 .await?;
             return Err(Error::QueueUnavailable);
         }
-        Ok(RecoveryStarted::EmailLink {
-            email_masked: latchkey_core::email::mask(&user.email),
-        })
+        Ok(RecoveryStarted::EmailLink { email_masked: latchkey_core::email::mask(&user.email) })
     }
 
     /// `POST /api/v1/auth/2fa/reset`: uses an admin's reset link: removes the admin's
@@ -846,15 +693,7 @@ impl Service {
                 }
                 Service::reset_second_factor(c, row.user_id, now)?;
                 let who = Some(row.user_id.to_string());
-                Service::audit(
-                    c,
-                    &ctx,
-                    row.tenant_id,
-                    who,
-                    Some(row.user_id),
-                    AuditKind::ResetLinkUsed,
-                    json!({}),
-                )?;
+                Service::audit(c, &ctx, row.tenant_id, who, Some(row.user_id), AuditKind::ResetLinkUsed, json!({}))?;
                 Ok(Ok(()))
             })
             .await?

@@ -15,12 +15,10 @@ use latchkey_core::metrics::Metrics;
 use latchkey_core::otp::{OtpLockout, SigninThrottle};
 use latchkey_core::password::PasswordHasher;
 use latchkey_core::{
-    AuditEventId, AuditKind, ChallengeId, Keys, Limits, Method, MethodSet, Role, SecretToken,
-    SessionId, TenantId, UserId,
+    AuditEventId, AuditKind, ChallengeId, Keys, Limits, Method, MethodSet, Role, SecretToken, SessionId, TenantId,
+    UserId,
 };
-use latchkey_store::model::{
-    AuditEvent, Challenge, ChallengePurpose, NextAction, Session, Tenant, User,
-};
+use latchkey_store::model::{AuditEvent, Challenge, ChallengePurpose, NextAction, Session, Tenant, User};
 use latchkey_store::repo::{
     challenges, email_codes, enrollments, reset_tokens, sessions, signin as signin_repo, users,
 };
@@ -52,11 +50,7 @@ pub struct RequestCtx {
 impl RequestCtx {
     /// A context at `now` with no client details (CLI, tests).
     pub fn at(now: DateTime<Utc>) -> Self {
-        Self {
-            now,
-            ip: None,
-            user_agent: None,
-        }
+        Self { now, ip: None, user_agent: None }
     }
 }
 
@@ -115,10 +109,7 @@ pub struct Service {
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Service")
-            .field("store", &self.store)
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
+        f.debug_struct("Service").field("store", &self.store).field("limits", &self.limits).finish_non_exhaustive()
     }
 }
 
@@ -133,15 +124,7 @@ impl Service {
         metrics: Metrics,
         registry: Registry,
     ) -> Self {
-        Self {
-            store,
-            keys,
-            hasher,
-            limits,
-            outbox,
-            metrics,
-            registry,
-        }
+        Self { store, keys, hasher, limits, outbox, metrics, registry }
     }
 
     /// The store (for readiness checks and housekeeping).
@@ -182,19 +165,11 @@ impl Service {
             })
             .await?;
         let (session, user) = found.ok_or(Error::Unauthenticated)?;
-        let tenant = self
-            .registry
-            .enter(session.tenant_id)
-            .await
-            .map_err(|e| match e {
-                Error::NotFound => Error::Unauthenticated,
-                other => other,
-            })?;
-        Ok(Auth {
-            session,
-            user,
-            tenant,
-        })
+        let tenant = self.registry.enter(session.tenant_id).await.map_err(|e| match e {
+            Error::NotFound => Error::Unauthenticated,
+            other => other,
+        })?;
+        Ok(Auth { session, user, tenant })
     }
 
     /// Hashes a new password on the blocking pool.
@@ -244,19 +219,12 @@ impl Service {
                 if let Err(until) = SigninThrottle::check(state, now, &limits) {
                     return Ok(Some(until));
                 }
-                signin_repo::put(
-                    c,
-                    tenant,
-                    &subject,
-                    SigninThrottle::fail(state, now, &limits),
-                )?;
+                signin_repo::put(c, tenant, &subject, SigninThrottle::fail(state, now, &limits))?;
                 Ok(None)
             })
             .await?;
         match refused {
-            Some(until) => Err(Error::RateLimited {
-                retry_after: latchkey_core::otp::seconds_until(until, now),
-            }),
+            Some(until) => Err(Error::RateLimited { retry_after: latchkey_core::otp::seconds_until(until, now) }),
             None => Ok(()),
         }
     }
@@ -267,18 +235,12 @@ impl Service {
     /// Errors: `InvalidPassword`, `RateLimited`.
     async fn confirm_password(&self, ctx: &RequestCtx, user: &User, password: &str) -> Result<()> {
         let subject = user.id.to_string();
-        self.reserve_password_attempt(user.tenant_id, Some(user.id), subject.clone(), ctx.now)
-            .await?;
-        if !self
-            .check_password(password, Some(user.password_hash.clone()))
-            .await?
-        {
+        self.reserve_password_attempt(user.tenant_id, Some(user.id), subject.clone(), ctx.now).await?;
+        if !self.check_password(password, Some(user.password_hash.clone())).await? {
             return Err(Error::InvalidPassword);
         }
         let tenant = user.tenant_id;
-        self.store
-            .run(move |c| signin_repo::clear(c, tenant, &subject))
-            .await?;
+        self.store.run(move |c| signin_repo::clear(c, tenant, &subject)).await?;
         Ok(())
     }
 
@@ -296,11 +258,7 @@ impl Service {
 
     /// `Forbidden` unless the user is an admin.
     fn require_admin(auth: &Auth) -> Result<()> {
-        if auth.user.role == Role::Admin {
-            Ok(())
-        } else {
-            Err(Error::Forbidden)
-        }
+        if auth.user.role == Role::Admin { Ok(()) } else { Err(Error::Forbidden) }
     }
 
     fn user_view(&self, conn: &mut DbConn, user: &User) -> StoreResult<UserView> {
@@ -324,11 +282,7 @@ impl Service {
             expires_at: now + self.limits.session_ttl,
             second_factor_at: second_factor.then_some(now),
         };
-        sessions::insert(
-            conn,
-            &session,
-            &self.keys.token_hash(TokenPurpose::Session, token.expose()),
-        )?;
+        sessions::insert(conn, &session, &self.keys.token_hash(TokenPurpose::Session, token.expose()))?;
         Ok((token, session))
     }
 
@@ -358,13 +312,7 @@ impl Service {
             expires_at: now + self.limits.challenge_ttl,
             ended_at: None,
         };
-        challenges::insert(
-            conn,
-            &challenge,
-            &self
-                .keys
-                .token_hash(TokenPurpose::Challenge, token.expose()),
-        )?;
+        challenges::insert(conn, &challenge, &self.keys.token_hash(TokenPurpose::Challenge, token.expose()))?;
         Ok((token, challenge))
     }
 
@@ -415,9 +363,7 @@ impl Service {
 pub fn clean_name(name: &str) -> Result<String> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-        return Err(Error::InvalidRequest(
-            "name must be 1 to 200 printable characters".into(),
-        ));
+        return Err(Error::InvalidRequest("name must be 1 to 200 printable characters".into()));
     }
     Ok(name.to_owned())
 }
@@ -433,6 +379,5 @@ pub fn clean_email(email: &str) -> Result<String> {
 
 /// Checks a new password against the rules.
 pub fn check_new_password(password: &str) -> Result<()> {
-    latchkey_core::password::check_new_password(password)
-        .map_err(|e| Error::InvalidRequest(e.to_string()))
+    latchkey_core::password::check_new_password(password).map_err(|e| Error::InvalidRequest(e.to_string()))
 }

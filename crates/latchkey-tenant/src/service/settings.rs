@@ -50,13 +50,7 @@ impl Service {
     ///
     /// Errors: `Forbidden`, `AlreadyEnabled`, `MethodNotAllowed` (not allowed to admins),
     /// `InvalidPassword`, `RateLimited`, and the email send errors.
-    pub async fn enable(
-        &self,
-        ctx: &RequestCtx,
-        auth: &Auth,
-        password: &str,
-        method: Method,
-    ) -> Result<EnableSetup> {
+    pub async fn enable(&self, ctx: &RequestCtx, auth: &Auth, password: &str, method: Method) -> Result<EnableSetup> {
         Service::require_admin(auth)?;
         if auth.tenant.policy.enabled {
             return Err(Error::AlreadyEnabled);
@@ -74,11 +68,7 @@ impl Service {
             .write(move |c| {
                 users::lock(c, user.id)?;
                 let enrolled = enrollments::methods_of(c, user.id)?;
-                let next = if enrolled.contains(method) {
-                    NextAction::Verify
-                } else {
-                    NextAction::Enroll
-                };
+                let next = if enrolled.contains(method) { NextAction::Verify } else { NextAction::Enroll };
                 challenges::end_for_user(c, user.id, None, now)?;
                 let (token, mut challenge) = svc.open_challenge(
                     c,
@@ -100,12 +90,7 @@ impl Service {
                 Ok((token, challenge, secret))
             })
             .await?;
-        let mut setup = EnableSetup {
-            setup_token: token,
-            method,
-            totp: None,
-            email_masked: None,
-        };
+        let mut setup = EnableSetup { setup_token: token, method, totp: None, email_masked: None };
         match method {
             Method::Authenticator => {
                 if let Some(secret) = secret {
@@ -113,14 +98,8 @@ impl Service {
                 }
             }
             Method::Email => {
-                let loc = Located {
-                    challenge,
-                    tenant: auth.tenant.clone(),
-                    user: auth.user.clone(),
-                };
-                let sent = self
-                    .send_email_code(ctx, loc, || Error::InvalidSetupToken)
-                    .await?;
+                let loc = Located { challenge, tenant: auth.tenant.clone(), user: auth.user.clone() };
+                let sent = self.send_email_code(ctx, loc, || Error::InvalidSetupToken).await?;
                 setup.email_masked = Some(sent.email_masked);
             }
         }
@@ -133,29 +112,13 @@ impl Service {
     ///
     /// Errors: `Forbidden`, `InvalidSetupToken` (unknown, expired, used, or another
     /// session's), `InvalidCode`, `CodeExpired`, `OtpBlocked`.
-    pub async fn enable_confirm(
-        &self,
-        ctx: &RequestCtx,
-        auth: &Auth,
-        setup_token: &str,
-        code: &str,
-    ) -> Result<()> {
+    pub async fn enable_confirm(&self, ctx: &RequestCtx, auth: &Auth, setup_token: &str, code: &str) -> Result<()> {
         Service::require_admin(auth)?;
-        let loc = self
-            .locate(setup_token, ChallengePurpose::Enable, ctx.now, || {
-                Error::InvalidSetupToken
-            })
-            .await?;
+        let loc = self.locate(setup_token, ChallengePurpose::Enable, ctx.now, || Error::InvalidSetupToken).await?;
         if loc.challenge.session_id != Some(auth.session.id) || loc.user.id != auth.user.id {
             return Err(Error::InvalidSetupToken);
         }
-        let method = loc
-            .challenge
-            .methods
-            .to_vec()
-            .first()
-            .copied()
-            .ok_or(Error::InvalidSetupToken)?;
+        let method = loc.challenge.methods.to_vec().first().copied().ok_or(Error::InvalidSetupToken)?;
         let svc = self.clone();
         let ctx2 = ctx.clone();
         let session_id = auth.session.id;
@@ -173,10 +136,7 @@ impl Service {
                 }
                 let who = Some(user.id.to_string());
                 match svc.check_code(c, &ch, &user, method, &code, now)? {
-                    Checked::Totp {
-                        step,
-                        enroll: Some(secret),
-                    } => {
+                    Checked::Totp { step, enroll: Some(secret) } => {
                         svc.enroll_authenticator(c, &user, &secret, step, now)?;
                         Service::audit(
                             c,
@@ -224,19 +184,8 @@ impl Service {
                 sessions::mark_second_factor(c, session_id, now)?;
                 users::set_lockout(c, user.id, Default::default())?;
                 users::set_preferred(c, user.id, Some(method))?;
-                svc.metrics
-                    .otp_verifications
-                    .with_label_values(&[method.as_str(), "success"])
-                    .inc();
-                Service::audit(
-                    c,
-                    &ctx,
-                    tenant_id,
-                    who,
-                    None,
-                    AuditKind::TwoFactorEnabled,
-                    json!({"method": method}),
-                )?;
+                svc.metrics.otp_verifications.with_label_values(&[method.as_str(), "success"]).inc();
+                Service::audit(c, &ctx, tenant_id, who, None, AuditKind::TwoFactorEnabled, json!({"method": method}))?;
                 Ok(Ok(()))
             })
             .await??;
@@ -264,15 +213,7 @@ impl Service {
                 users::lock_tenant(c, tenant_id)?;
                 tenants::set_enabled(c, tenant_id, false, ctx2.now)?;
                 challenges::end_for_tenant(c, tenant_id, None, ctx2.now)?;
-                Service::audit(
-                    c,
-                    &ctx2,
-                    tenant_id,
-                    actor,
-                    None,
-                    AuditKind::TwoFactorDisabled,
-                    json!({}),
-                )
+                Service::audit(c, &ctx2, tenant_id, actor, None, AuditKind::TwoFactorDisabled, json!({}))
             })
             .await?;
         self.registry.invalidate(tenant_id);
@@ -283,22 +224,11 @@ impl Service {
     /// non-empty set), with a recent second factor while 2FA is on.
     ///
     /// Errors: `Forbidden`, `StepUpRequired`, `InvalidRequest` (an empty set).
-    pub async fn set_methods(
-        &self,
-        ctx: &RequestCtx,
-        auth: &Auth,
-        changes: MethodChanges,
-    ) -> Result<TwoFactorPolicy> {
+    pub async fn set_methods(&self, ctx: &RequestCtx, auth: &Auth, changes: MethodChanges) -> Result<TwoFactorPolicy> {
         Service::require_admin(auth)?;
         self.require_step_up(auth, ctx.now)?;
-        if [changes.admin, changes.supervisor, changes.agent]
-            .iter()
-            .flatten()
-            .any(|m| m.is_empty())
-        {
-            return Err(Error::InvalidRequest(
-                "each role needs at least one method".into(),
-            ));
+        if [changes.admin, changes.supervisor, changes.agent].iter().flatten().any(|m| m.is_empty()) {
+            return Err(Error::InvalidRequest("each role needs at least one method".into()));
         }
         let tenant_id = auth.tenant.id;
         let actor = Some(auth.user.id.to_string());
@@ -320,15 +250,7 @@ impl Service {
                     "supervisor": policy.supervisor.to_vec(),
                     "agent": policy.agent.to_vec(),
                 });
-                Service::audit(
-                    c,
-                    &ctx2,
-                    tenant_id,
-                    actor,
-                    None,
-                    AuditKind::MethodsChanged,
-                    detail,
-                )?;
+                Service::audit(c, &ctx2, tenant_id, actor, None, AuditKind::MethodsChanged, detail)?;
                 Ok(Ok(policy))
             })
             .await??;

@@ -58,13 +58,7 @@ impl Service {
     /// Errors: `InvalidCredentials` (the same for unknown tenant, unknown email and wrong
     /// password), `RateLimited` past the attempt limit even with the right password.
     #[tracing::instrument(skip_all, fields(tenant = %tenant_slug))]
-    pub async fn sign_in(
-        &self,
-        ctx: &RequestCtx,
-        tenant_slug: &str,
-        email: &str,
-        password: &str,
-    ) -> Result<SignIn> {
+    pub async fn sign_in(&self, ctx: &RequestCtx, tenant_slug: &str, email: &str, password: &str) -> Result<SignIn> {
         let email = latchkey_core::email::normalize(email);
         let Some(tenant) = self.registry.enter_slug(tenant_slug).await? else {
             self.check_password(password, None).await?;
@@ -72,24 +66,13 @@ impl Service {
         };
         let tenant_id = tenant.id;
         let lookup = email.clone();
-        let user = self
-            .store
-            .run(move |c| users::by_email(c, tenant_id, &lookup))
-            .await?;
+        let user = self.store.run(move |c| users::by_email(c, tenant_id, &lookup)).await?;
         let subject = match &user {
             Some(u) => u.id.to_string(),
             None => format!("unknown:{}", self.keys.label_hash(&email)),
         };
-        self.reserve_password_attempt(
-            tenant_id,
-            user.as_ref().map(|u| u.id),
-            subject.clone(),
-            ctx.now,
-        )
-        .await?;
-        let ok = self
-            .check_password(password, user.as_ref().map(|u| u.password_hash.clone()))
-            .await?;
+        self.reserve_password_attempt(tenant_id, user.as_ref().map(|u| u.id), subject.clone(), ctx.now).await?;
+        let ok = self.check_password(password, user.as_ref().map(|u| u.password_hash.clone())).await?;
         let Some(user) = user.filter(|_| ok) else {
             return Err(Error::InvalidCredentials);
         };
@@ -116,28 +99,14 @@ impl Service {
                         AuditKind::SignedIn,
                         json!({"second_factor": false}),
                     )?;
-                    return Ok(SignIn::Session(IssuedSession {
-                        token,
-                        expires_at: session.expires_at,
-                        user: view,
-                    }));
+                    return Ok(SignIn::Session(IssuedSession { token, expires_at: session.expires_at, user: view }));
                 }
                 let allowed = policy.methods_for(user.role);
                 let usable = enrolled.intersect(allowed);
-                let (next, methods) = if usable.is_empty() {
-                    (NextAction::Enroll, allowed)
-                } else {
-                    (NextAction::Verify, usable)
-                };
-                let (token, challenge) = svc.open_challenge(
-                    c,
-                    &user,
-                    ChallengePurpose::SignIn,
-                    next,
-                    methods,
-                    None,
-                    ctx.now,
-                )?;
+                let (next, methods) =
+                    if usable.is_empty() { (NextAction::Enroll, allowed) } else { (NextAction::Verify, usable) };
+                let (token, challenge) =
+                    svc.open_challenge(c, &user, ChallengePurpose::SignIn, next, methods, None, ctx.now)?;
                 Ok(SignIn::Challenge {
                     user: view,
                     challenge: ChallengeView {

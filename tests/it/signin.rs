@@ -1,0 +1,184 @@
+//! Tenants, password sign-in, sessions, throttling.
+
+use serde_json::json;
+
+use crate::common::*;
+
+#[actix_rt::test]
+async fn tenants_are_created_by_the_operator_only() {
+    for db in backends() {
+        let app = TestApp::spawn(db, |_| {}).await;
+        let body = json!({"slug": "acme", "name": "Acme", "admin": {"email": "a@acme.test", "name": "A", "password": PASSWORD}});
+        let r = app.call("POST", "/api/v1/tenants", Some(body.clone()), None).await;
+        assert_eq!((r.status, r.code()), (401, "unauthenticated"), "{db:?}");
+        let r = app.call("POST", "/api/v1/tenants", Some(body.clone()), Some("wrong-operator-token")).await;
+        assert_eq!((r.status, r.code()), (401, "unauthenticated"));
+        let r = app.call("POST", "/api/v1/tenants", Some(body.clone()), Some(OPERATOR)).await;
+        assert_eq!(r.status, 201, "{r:?}");
+        assert_eq!(r.body["slug"], "acme");
+        assert_eq!(r.body["admin"]["role"], "admin");
+        assert_eq!(r.body["admin"]["two_factor"], json!({"enrolled": [], "preferred": null}));
+        let r = app.call("POST", "/api/v1/tenants", Some(body), Some(OPERATOR)).await;
+        assert_eq!((r.status, r.code()), (409, "tenant_exists"));
+        for bad in ["", "UPPER", "-dash", "has space", &"x".repeat(64)] {
+            let b =
+                json!({"slug": bad, "name": "X", "admin": {"email": "a@x.test", "name": "A", "password": PASSWORD}});
+            let r = app.call("POST", "/api/v1/tenants", Some(b), Some(OPERATOR)).await;
+            assert_eq!((r.status, r.code()), (400, "invalid_request"), "slug {bad:?}");
+        }
+        let weak =
+            json!({"slug": "weak", "name": "X", "admin": {"email": "a@x.test", "name": "A", "password": "short"}});
+        assert_eq!(app.call("POST", "/api/v1/tenants", Some(weak), Some(OPERATOR)).await.status, 400);
+        app.stop().await;
+    }
+}
+
+#[actix_rt::test]
+async fn operator_endpoints_are_off_without_a_token() {
+    let app = TestApp::spawn(Db::Sqlite, |c| c.operator_token = None).await;
+    let body =
+        json!({"slug": "acme", "name": "Acme", "admin": {"email": "a@acme.test", "name": "A", "password": PASSWORD}});
+    let r = app.call("POST", "/api/v1/tenants", Some(body), Some(OPERATOR)).await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+}
+
+#[actix_rt::test]
+async fn wrong_password_unknown_email_and_unknown_tenant_answer_alike() {
+    for db in backends() {
+        let app = TestApp::spawn(db, |_| {}).await;
+        let t = slug("acme");
+        app.tenant(&t).await;
+        let wrong_pw =
+            app.post("/api/v1/auth", json!({"tenant": t, "email": admin(&t), "password": "nope nope"})).await;
+        let unknown_email =
+            app.post("/api/v1/auth", json!({"tenant": t, "email": "ghost@x.test", "password": PASSWORD})).await;
+        let unknown_tenant =
+            app.post("/api/v1/auth", json!({"tenant": "no-such", "email": admin(&t), "password": PASSWORD})).await;
+        for r in [&wrong_pw, &unknown_email, &unknown_tenant] {
+            assert_eq!(r.status, 401);
+            assert_eq!(r.body, wrong_pw.body, "identical bodies");
+            assert_eq!(r.header("content-type").as_deref(), Some("application/problem+json"));
+        }
+        assert_eq!(wrong_pw.code(), "invalid_credentials");
+        // An unknown tenant starts no actor.
+        assert_eq!(app.core.metrics.tenant_actors.get(), 1, "only the real tenant's actor runs");
+        app.stop().await;
+    }
+}
+
+#[actix_rt::test]
+async fn emails_are_case_insensitive_and_sessions_work_until_they_expire() {
+    for db in backends() {
+        let app = TestApp::spawn(db, |_| {}).await;
+        let t = slug("acme");
+        app.tenant(&t).await;
+        let r = app
+            .post(
+                "/api/v1/auth",
+                json!({"tenant": t, "email": format!("  ADMIN@{}.TEST ", t.to_uppercase()), "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.body["two_factor"].is_null());
+        let token = r.s("authentication_token");
+        assert_eq!(token.len(), 43);
+        let me = app.get_as(&token, "/api/v1/me").await;
+        assert_eq!((me.status, me.s("email")), (200, admin(&t)));
+        // 12 h lifetime: valid just before, gone at the end.
+        app.clock.advance_secs(43_200 - 1);
+        assert_eq!(app.get_as(&token, "/api/v1/me").await.status, 200);
+        app.clock.advance_secs(1);
+        let gone = app.get_as(&token, "/api/v1/me").await;
+        assert_eq!((gone.status, gone.code()), (401, "unauthenticated"));
+        app.stop().await;
+    }
+}
+
+#[actix_rt::test]
+async fn logout_ends_the_session() {
+    let app = TestApp::spawn(Db::Sqlite, |_| {}).await;
+    let t = slug("acme");
+    app.tenant(&t).await;
+    let token = app.token(&t, &admin(&t)).await;
+    assert_eq!(app.call("POST", "/api/v1/auth/logout", None, Some(&token)).await.status, 204);
+    assert_eq!(app.get_as(&token, "/api/v1/me").await.status, 401);
+    assert_eq!(app.call("POST", "/api/v1/auth/logout", None, Some(&token)).await.status, 401);
+    assert_eq!(app.call("GET", "/api/v1/me", None, None).await.code(), "unauthenticated");
+}
+
+#[actix_rt::test]
+async fn too_many_wrong_passwords_refuse_even_the_right_one_until_the_window_passes() {
+    for db in backends() {
+        let app = TestApp::spawn(db, |_| {}).await;
+        let t = slug("acme");
+        app.tenant(&t).await;
+        for _ in 0..10 {
+            let r = app.post("/api/v1/auth", json!({"tenant": t, "email": admin(&t), "password": "wrong wrong"})).await;
+            assert_eq!(r.code(), "invalid_credentials");
+        }
+        let r = app.login(&t, &admin(&t)).await;
+        assert_eq!((r.status, r.code()), (429, "rate_limited"), "{r:?}");
+        assert_eq!(r.header("retry-after").as_deref(), Some("900"));
+        // The same for an unknown address of the tenant (counted under tenant + address).
+        for _ in 0..10 {
+            app.post("/api/v1/auth", json!({"tenant": t, "email": "ghost@x.test", "password": "wrong wrong"})).await;
+        }
+        let r = app.post("/api/v1/auth", json!({"tenant": t, "email": "GHOST@x.test", "password": "x"})).await;
+        assert_eq!(r.status, 429);
+        app.clock.advance_secs(900);
+        assert_eq!(app.login(&t, &admin(&t)).await.status, 200);
+        app.stop().await;
+    }
+}
+
+#[actix_rt::test]
+async fn parallel_wrong_passwords_never_exceed_the_limit() {
+    for db in backends() {
+        let app = TestApp::spawn(db, |_| {}).await;
+        let t = slug("acme");
+        app.tenant(&t).await;
+        let attempts = (0..30)
+            .map(|_| app.post("/api/v1/auth", json!({"tenant": t, "email": admin(&t), "password": "wrong wrong"})));
+        let results = futures::future::join_all(attempts).await;
+        let evaluated = results.iter().filter(|r| r.code() == "invalid_credentials").count();
+        let limited = results.iter().filter(|r| r.code() == "rate_limited").count();
+        assert_eq!((evaluated, limited), (10, 20), "{db:?}");
+        app.stop().await;
+    }
+}
+
+#[actix_rt::test]
+async fn the_per_ip_limiter_runs_before_any_tenant_lookup() {
+    let app = TestApp::spawn(Db::Sqlite, |c| c.signin_per_ip_per_minute = 3).await;
+    for _ in 0..3 {
+        let r = app.post("/api/v1/auth", json!({"tenant": "nope", "email": "a@b.co", "password": "x"})).await;
+        assert_eq!(r.status, 401);
+    }
+    let r = app.post("/api/v1/auth", json!({"tenant": "nope", "email": "a@b.co", "password": "x"})).await;
+    assert_eq!((r.status, r.code()), (429, "rate_limited"));
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(app.core.metrics.tenant_actors.get(), 0);
+    // Signed-in endpoints are not behind it.
+    assert_eq!(app.call("GET", "/healthz", None, None).await.status, 200);
+}
+
+#[actix_rt::test]
+async fn a_tenant_actor_stops_when_idle() {
+    let app = TestApp::spawn(Db::Sqlite, |c| c.tenant_idle_secs = 1).await;
+    let t = slug("acme");
+    app.tenant(&t).await;
+    app.token(&t, &admin(&t)).await;
+    assert_eq!(app.core.metrics.tenant_actors.get(), 1);
+    let mut stopped = false;
+    for _ in 0..40 {
+        actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
+        if app.core.metrics.tenant_actors.get() == 0 {
+            stopped = true;
+            break;
+        }
+    }
+    assert!(stopped, "the idle actor stopped");
+    // And comes back on demand.
+    app.token(&t, &admin(&t)).await;
+    assert_eq!(app.core.metrics.tenant_actors.get(), 1);
+}
