@@ -10,6 +10,7 @@ mod authenticator;
 mod bad_input;
 mod binary;
 mod email;
+mod fuzz;
 mod recovery;
 mod settings;
 mod signin;

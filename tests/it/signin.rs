@@ -182,3 +182,22 @@ async fn a_tenant_actor_stops_when_idle() {
     app.token(&t, &admin(&t)).await;
     assert_eq!(app.core.metrics.tenant_actors.get(), 1);
 }
+
+#[actix_rt::test]
+async fn housekeeping_deletes_only_what_nothing_can_use() {
+    let app = TestApp::spawn(Db::Sqlite, |_| {}).await;
+    let t = slug("acme");
+    app.tenant(&t).await;
+    let old = app.token(&t, &admin(&t)).await;
+    app.clock.advance_secs(43_200 - 10);
+    let young = app.token(&t, &admin(&t)).await;
+    app.clock.advance_secs(10);
+    let svc = app
+        .core
+        .service(std::sync::Arc::new(latchkey_tenant::MemoryOutbox::default()), actix::Arbiter::current())
+        .unwrap();
+    let purged = svc.purge(app.clock.now_utc()).await.unwrap();
+    assert_eq!(purged.sessions, 1);
+    assert_eq!(app.get_as(&young, "/api/v1/me").await.status, 200);
+    assert_eq!(app.get_as(&old, "/api/v1/me").await.status, 401);
+}

@@ -140,3 +140,38 @@ impl Service {
             .await?
     }
 }
+
+/// What a housekeeping pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Expired sessions.
+    pub sessions: usize,
+    /// Challenges expired for longer than a day.
+    pub challenges: usize,
+    /// Email codes older than both their lifetime and the send window.
+    pub email_codes: usize,
+    /// Finished deliveries older than a day.
+    pub deliveries: usize,
+}
+
+impl Service {
+    /// Deletes rows nothing can use any more: expired sessions, long-expired challenges,
+    /// email codes that have left both their lifetime and the send window, old finished
+    /// deliveries. Safe to run from every process at any time.
+    pub async fn purge(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Purged> {
+        let keep_codes = self.limits.email_otp_window.max(self.limits.email_otp_ttl).max(self.limits.email_otp_resend);
+        let day = chrono::Duration::days(1);
+        Ok(self
+            .store
+            .run(move |c| {
+                use latchkey_store::repo::{challenges, deliveries, email_codes, sessions};
+                Ok(Purged {
+                    sessions: sessions::purge_expired(c, now)?,
+                    challenges: challenges::purge_expired(c, now - day)?,
+                    email_codes: email_codes::purge_before(c, now - keep_codes)?,
+                    deliveries: deliveries::purge_before(c, now - day)?,
+                })
+            })
+            .await?)
+    }
+}

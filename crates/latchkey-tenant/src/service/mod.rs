@@ -27,7 +27,7 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 pub use account::{NewUser, UserChanges};
-pub use admin::RecoveryView;
+pub use admin::{Purged, RecoveryView};
 pub use challenge::{EmailSent, RecoveryStarted, TotpSetup};
 pub use settings::{EnableSetup, MethodChanges};
 pub use signin::{ChallengeView, IssuedSession, SignIn};
