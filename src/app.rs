@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use actix_web::{App, HttpResponse, HttpServer, web};
 use latchkey_api::AppState;
 use latchkey_core::metrics::Metrics;
 use latchkey_core::password::PasswordHasher;
 use latchkey_core::{Clock, Config, Keys};
+use latchkey_mail::{MailConfig, MailQueue};
 use latchkey_store::Store;
 use latchkey_tenant::{ActorSettings, Outbox, Registry, Service};
 
@@ -100,5 +102,102 @@ impl Core {
         });
         latchkey_api::serve(state, listener, workers, self.config.shutdown_timeout_secs)
             .map_err(|e| StartError::Other(e.to_string()))
+    }
+}
+
+impl Core {
+    /// Opens the job queue (Redis, or the embedded one in the data directory) and checks the
+    /// mail settings, so that bad ones stop the process before it serves.
+    pub async fn open_mail(&self) -> Result<(MailQueue, MailConfig), StartError> {
+        let mail = MailConfig::from_config(&self.config);
+        mail.check().map_err(|e| StartError::Other(format!("mail settings: {e}")))?;
+        let queue = MailQueue::open(self.config.queue_url.as_deref(), &self.config.data_dir)
+            .await
+            .map_err(|e| StartError::Other(format!("LATCHKEY_QUEUE_URL: {e}")))?;
+        Ok((queue, mail))
+    }
+
+    /// Runs the mail worker until `shutdown` resolves.
+    pub async fn run_worker(
+        &self,
+        queue: MailQueue,
+        mail: MailConfig,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), StartError> {
+        latchkey_mail::run_worker(
+            queue,
+            self.store.clone(),
+            self.keys.clone(),
+            self.metrics.clone(),
+            self.clock.clone(),
+            mail,
+            shutdown,
+        )
+        .await
+        .map_err(|e| StartError::Other(format!("mail worker: {e}")))
+    }
+
+    /// Deletes rows nothing can use any more, every ten minutes (every process may run it).
+    pub fn spawn_housekeeping(&self, service: Service) {
+        let clock = self.clock.clone();
+        actix_rt::spawn(async move {
+            let mut every = actix_rt::time::interval(Duration::from_secs(600));
+            loop {
+                every.tick().await;
+                match service.purge(clock.now()).await {
+                    Ok(purged) => tracing::debug!(?purged, "housekeeping"),
+                    Err(e) => tracing::warn!(error = %e, "housekeeping failed"),
+                }
+            }
+        });
+    }
+
+    /// The worker's own HTTP endpoints (`latchkey worker`): `/metrics`, `/healthz` and
+    /// `/readyz` (database and queue), for Prometheus and orchestrators.
+    pub fn serve_worker_http(
+        &self,
+        queue: MailQueue,
+        listener: TcpListener,
+    ) -> Result<actix_web::dev::Server, StartError> {
+        let metrics = self.metrics.clone();
+        let store = self.store.clone();
+        let server = HttpServer::new(move || {
+            let metrics = metrics.clone();
+            let store = store.clone();
+            let queue = queue.clone();
+            App::new()
+                .route(
+                    "/metrics",
+                    web::get().to(move || {
+                        let metrics = metrics.clone();
+                        async move {
+                            match metrics.render() {
+                                Ok(text) => HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(text),
+                                Err(_) => HttpResponse::InternalServerError().finish(),
+                            }
+                        }
+                    }),
+                )
+                .route("/healthz", web::get().to(|| async { HttpResponse::Ok().body("ok") }))
+                .route(
+                    "/readyz",
+                    web::get().to(move || {
+                        let store = store.clone();
+                        let queue = queue.clone();
+                        async move {
+                            let db = store.ping().await.is_ok();
+                            let q = queue.check().await.is_ok();
+                            let body = serde_json::json!({"database": if db { "ok" } else { "down" }, "queue": if q { "ok" } else { "down" }});
+                            if db && q { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+                        }
+                    }),
+                )
+        })
+        .listen(listener)
+        .map_err(|e| StartError::Other(e.to_string()))?
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(self.config.shutdown_timeout_secs);
+        Ok(server.run())
     }
 }

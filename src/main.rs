@@ -137,28 +137,69 @@ async fn run(command: Command, config: Config) -> Result<(), StartError> {
             Ok(())
         }
         Command::Serve { no_worker, http_workers } => serve(config, !no_worker, http_workers).await,
-        Command::Worker => Err(StartError::Other("the mail worker is not built yet".into())),
+        Command::Worker => worker(config).await,
     }
 }
 
-async fn serve(config: Config, _with_worker: bool, http_workers: usize) -> Result<(), StartError> {
+/// The API, and the mail worker unless `with_worker` is false. On SIGTERM/SIGINT the
+/// server stops accepting, finishes in-flight requests (within the shutdown timeout), then
+/// the worker finishes its in-flight jobs; queued jobs stay queued; the exit code is 0.
+async fn serve(config: Config, with_worker: bool, http_workers: usize) -> Result<(), StartError> {
     let listen = config.listen;
     let core = Core::open(config, Arc::new(SystemClock))?;
+    let (queue, mail) = core.open_mail().await?;
     let actors = Arbiter::new();
-    let service = core.service(Arc::new(MemoryOutbox::default()), actors.handle())?;
-    let listener =
-        TcpListener::bind(listen).map_err(|e| StartError::Other(format!("cannot listen on {listen}: {e}")))?;
+    let service = core.service(Arc::new(queue.clone()), actors.handle())?;
+    let listener = TcpListener::bind(listen)
+        .map_err(|e| StartError::Other(format!("LATCHKEY_LISTEN: cannot listen on {listen}: {e}")))?;
+    core.spawn_housekeeping(service.clone());
     let server = core.serve_http(service, listener, http_workers)?;
     let handle = server.handle();
+    let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = with_worker.then(|| {
+        let core = core.clone();
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            core.run_worker(queue, mail, async move {
+                let _ = worker_stopped.await;
+            })
+            .await
+        })
+    });
     actix_rt::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
         handle.stop(true).await;
     });
-    tracing::info!(%listen, "latchkey is serving");
-    server.await.map_err(|e| StartError::Other(e.to_string()))?;
+    tracing::info!(%listen, worker = with_worker, queue = queue.backend_name(), "latchkey is serving");
+    let served = server.await.map_err(|e| StartError::Other(e.to_string()));
+    let _ = stop_worker.send(());
+    if let Some(worker) = worker {
+        match worker.await {
+            Ok(result) => result?,
+            Err(e) => return Err(StartError::Other(format!("mail worker: {e}"))),
+        }
+    }
+    queue.close().await;
     actors.stop();
-    Ok(())
+    served
+}
+
+/// The mail worker alone, with `/metrics`, `/healthz` and `/readyz` on `LATCHKEY_LISTEN`.
+async fn worker(config: Config) -> Result<(), StartError> {
+    let listen = config.listen;
+    let core = Core::open(config, Arc::new(SystemClock))?;
+    let (queue, mail) = core.open_mail().await?;
+    let listener = TcpListener::bind(listen)
+        .map_err(|e| StartError::Other(format!("LATCHKEY_LISTEN: cannot listen on {listen}: {e}")))?;
+    let server = core.serve_worker_http(queue.clone(), listener)?;
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    tracing::info!(%listen, queue = queue.backend_name(), "latchkey worker is running");
+    let result = core.run_worker(queue.clone(), mail, shutdown_signal()).await;
+    handle.stop(true).await;
+    queue.close().await;
+    result
 }
 
 /// Resolves on SIGTERM or SIGINT.

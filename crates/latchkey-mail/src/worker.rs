@@ -1,0 +1,283 @@
+//! The mail worker: an apalis worker over the [`MailQueue`] whose handler is the
+//! [`Deliverer`](crate::deliver), supervised so that a backend failure (Redis gone, SQLite
+//! locked) restarts it instead of ending mail delivery, and stopped gracefully on shutdown.
+//!
+//! **Runtime.** Everything runs on the caller's tokio runtime, which may be current-thread:
+//! job handlers are driven inside the worker future itself (no `parallelize`), apalis' timers
+//! are `futures-timer` (its own thread), diesel work goes to `spawn_blocking`, sqlx-sqlite has
+//! its own connection threads, and the Redis and SMTP connections are tokio tasks. So
+//! `latchkey serve` can simply `tokio::spawn` (or `actix_rt::spawn`) [`run_worker`] from its
+//! `#[actix_web::main]` system — actix-rt *is* tokio, and the future is `Send`. Create the
+//! [`MailQueue`] on that same (main) system runtime: the Redis connection's driver task lives
+//! on the runtime that opened it.
+//!
+//! **Shutdown.** When the `shutdown` future resolves, the worker fetches no more jobs, jobs
+//! waiting between two SMTP attempts give up at once and go back to the queue as retryable,
+//! a send in progress is allowed to finish, and the backend records the results; all within
+//! `shutdown_timeout`, after which what is still running is abandoned (the backend re-queues
+//! it once this worker's heartbeat is 60 s old). Jobs not yet fetched simply stay queued.
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::{
+    AbortError, BackendExt, BoxDynError, Data, Event, WorkerBuilder, WorkerBuilderExt, WorkerContext, WorkerError,
+};
+use futures::future::{Fuse, FusedFuture, FutureExt};
+use futures::{Stream, StreamExt};
+use latchkey_core::metrics::Metrics;
+use latchkey_core::{Clock, DeliveryId, Keys};
+use latchkey_store::Store;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::config::MailConfig;
+use crate::deliver::{Deliverer, Outcome};
+use crate::error::MailError;
+use crate::queue::{MailQueue, Storage, WireJob};
+
+/// What every job handler of one worker instance shares.
+#[derive(Clone)]
+struct JobState {
+    deliverer: Arc<Deliverer>,
+    /// Turns `true` when the instance stops: interrupts waits between attempts.
+    stop: watch::Receiver<bool>,
+}
+
+/// The apalis handler: decodes the job and delivers it.
+///
+/// `Ok` for sent, dropped and already-handled jobs (done); an [`AbortError`] for permanent
+/// failures (the backend kills the job: no retry); a plain error when shutdown interrupted
+/// the job (the backend keeps it for a later attempt).
+async fn handle_job(job: Value, state: Data<JobState>) -> Result<(), BoxDynError> {
+    let job: WireJob = match serde_json::from_value(job) {
+        Ok(job) => job,
+        Err(e) => {
+            // Only the position and category: the error text could quote the job.
+            tracing::error!(category = ?e.classify(), line = e.line(), column = e.column(), "undecodable email job: killed");
+            return Err(Box::new(AbortError::new("undecodable email job")));
+        }
+    };
+    let mut stop = state.stop.clone();
+    // A panic ends this job, not the worker. (apalis' `catch_panic()` layer would do the
+    // same, but its handler's fn-pointer type makes the worker future not provably `Send`.)
+    let delivery = std::panic::AssertUnwindSafe(state.deliverer.deliver(&job, &mut stop)).catch_unwind();
+    match delivery.await {
+        Ok(Outcome::Sent | Outcome::Dropped | Outcome::AlreadyHandled) => Ok(()),
+        Ok(Outcome::Failed(reason)) => Err(Box::new(AbortError::new(reason))),
+        Ok(Outcome::Interrupted) => Err("interrupted by shutdown; the job will be retried".into()),
+        Err(_) => {
+            tracing::error!("email job panicked: killed");
+            Err(Box::new(AbortError::new("the email job panicked")))
+        }
+    }
+}
+
+/// How one worker instance ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Shutdown was asked for.
+    Shutdown,
+    /// The backend failed (or the stream ended by itself): restart.
+    Failed,
+}
+
+/// A worker name unique to this process and instance: apalis refuses to register a name
+/// seen alive recently, and a restarted worker must not be taken for its predecessor.
+fn worker_name(instance: u32) -> String {
+    let random = DeliveryId::new().0.simple().to_string();
+    let tail = random.get(random.len().saturating_sub(10)..).unwrap_or(&random);
+    format!("latchkey-mail-{}-{instance}-{tail}", std::process::id())
+}
+
+/// Runs the mail worker until `shutdown` resolves, then stops gracefully (see the module
+/// doc) and returns.
+///
+/// Backend failures are logged and the worker restarted after a pause (1 s, doubling up to
+/// 30 s); they never end this function. The `email_queue_depth` gauge is refreshed every
+/// 10 s; finished jobs and finished `mail_deliveries` rows older than a day are purged every
+/// hour.
+///
+/// Errors (at start only): an invalid `From` address or SMTP URL, or an outbox directory
+/// that cannot be created.
+pub async fn run_worker<F>(
+    queue: MailQueue,
+    store: Store,
+    keys: Keys,
+    metrics: Metrics,
+    clock: Arc<dyn Clock>,
+    config: MailConfig,
+    shutdown: F,
+) -> Result<(), MailError>
+where
+    F: Future<Output = ()> + Send,
+{
+    let deliverer = Arc::new(Deliverer::new(store.clone(), keys, metrics.clone(), Arc::clone(&clock), &config)?);
+    tracing::info!(queue = queue.backend_name(), transport = ?deliverer, concurrency = config.concurrency, "mail worker starting");
+    let mut shutdown = pin!(shutdown.fuse());
+    let mut housekeeping = pin!(housekeeping(queue.clone(), store, metrics, clock).fuse());
+    let mut restart_delay = Duration::from_secs(1);
+    let mut instance = 0u32;
+    loop {
+        instance = instance.wrapping_add(1);
+        let name = worker_name(instance);
+        let started = std::time::Instant::now();
+        let end = {
+            let mut run = pin!(run_instance(&queue, &deliverer, &config, &name, shutdown.as_mut()).fuse());
+            futures::select_biased! {
+                end = run => end,
+                () = housekeeping => End::Failed, // never ends
+            }
+        };
+        if end == End::Shutdown || shutdown.is_terminated() {
+            tracing::info!("mail worker stopped");
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            restart_delay = Duration::from_secs(1); // it had been running fine: a fresh failure
+        }
+        tracing::warn!(worker = %name, restart_in_ms = restart_delay.as_millis(), "mail worker instance ended; restarting");
+        tokio::select! {
+            () = tokio::time::sleep(restart_delay) => {}
+            () = &mut shutdown => {
+                tracing::info!("mail worker stopped");
+                return Ok(());
+            }
+        }
+        restart_delay = (restart_delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Refreshes the queue depth gauge every 10 s; every hour, purges finished jobs from the queue
+/// and finished `mail_deliveries` rows, both older than a day (far beyond any job's
+/// lifetime: a copy of a job arriving later would find no delivery and fail, never send).
+/// Never ends.
+async fn housekeeping(queue: MailQueue, store: Store, metrics: Metrics, clock: Arc<dyn Clock>) {
+    const RETENTION: Duration = Duration::from_secs(86_400);
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u64;
+    loop {
+        tick.tick().await;
+        match queue.depth().await {
+            Ok(depth) => metrics.email_queue_depth.set(depth),
+            Err(e) => tracing::debug!(error = %e, "cannot read the mail queue depth"),
+        }
+        if ticks % 360 == 359 {
+            match queue.vacuum(RETENTION).await {
+                Ok(n) => tracing::debug!(purged = n, "finished email jobs purged"),
+                Err(e) => tracing::warn!(error = %e, "cannot purge finished email jobs"),
+            }
+            let before = clock.now() - chrono::Duration::days(1);
+            match store.run(move |c| latchkey_store::repo::deliveries::purge_before(c, before)).await {
+                Ok(n) => tracing::debug!(purged = n, "finished deliveries purged"),
+                Err(e) => tracing::warn!(error = %e, "cannot purge finished deliveries"),
+            }
+        }
+        ticks = ticks.wrapping_add(1);
+    }
+}
+
+/// Builds one apalis worker over `queue` and drives it until it ends.
+async fn run_instance<F>(
+    queue: &MailQueue,
+    deliverer: &Arc<Deliverer>,
+    config: &MailConfig,
+    name: &str,
+    shutdown: Pin<&mut Fuse<F>>,
+) -> End
+where
+    F: Future<Output = ()>,
+{
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let state = JobState { deliverer: Arc::clone(deliverer), stop: stop_rx };
+    let ctx = WorkerContext::new(name);
+    // The two backends have different types, hence the two arms; the rest is shared.
+    match &queue.storage {
+        Storage::Sqlite { storage, .. } => {
+            let worker = WorkerBuilder::new(&ctx)
+                .backend(storage.clone().poll_with_interval(config.poll_interval))
+                .data(state)
+                .concurrency(config.concurrency)
+                .build(handle_job);
+            drive(worker.stream(), &ctx, &stop_tx, shutdown, config.shutdown_timeout).await
+        }
+        Storage::Redis { storage, .. } => {
+            let worker = WorkerBuilder::new(&ctx)
+                .backend(storage.clone().poll_with_interval(config.poll_interval))
+                .data(state)
+                .concurrency(config.concurrency)
+                .build(handle_job);
+            drive(worker.stream(), &ctx, &stop_tx, shutdown, config.shutdown_timeout).await
+        }
+    }
+}
+
+/// Polls the worker's event stream until it ends; on shutdown or backend error, stops the
+/// worker gracefully with `grace` as the deadline.
+async fn drive<S, F>(
+    stream: S,
+    ctx: &WorkerContext,
+    stop_tx: &watch::Sender<bool>,
+    mut shutdown: Pin<&mut Fuse<F>>,
+    grace: Duration,
+) -> End
+where
+    S: Stream<Item = Result<Event, WorkerError>>,
+    F: Future<Output = ()>,
+{
+    let mut stream = pin!(stream);
+    let mut stopping: Option<End> = None;
+    let deadline = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+    let mut deadline = pin!(deadline);
+    let start_stopping = || {
+        stop_tx.send_replace(true);
+        // Fails only when the worker has not started yet: then there is nothing to drain.
+        ctx.stop().is_ok()
+    };
+    loop {
+        tokio::select! {
+            // A panic inside apalis ends this instance (the supervisor starts a new one), not
+            // the process.
+            event = std::panic::AssertUnwindSafe(stream.next()).catch_unwind() => match event {
+                Ok(None) => break,
+                Ok(Some(Ok(Event::Error(e)))) => tracing::debug!(error = %e, "email job ended with an error"),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => {
+                    tracing::error!(worker = ctx.name(), error = %e, "mail queue backend error");
+                    // Once stopping, an error comes from closing the backend: polling it again
+                    // would resume a finished future, so leave now.
+                    if stopping.is_some() || !start_stopping() {
+                        stopping.get_or_insert(End::Failed);
+                        break;
+                    }
+                    stopping = Some(End::Failed);
+                    deadline.as_mut().reset(tokio::time::Instant::now() + grace);
+                }
+                Err(_) => {
+                    tracing::error!(worker = ctx.name(), "the mail worker panicked");
+                    stopping.get_or_insert(End::Failed);
+                    break;
+                }
+            },
+            () = &mut shutdown, if !shutdown.is_terminated() => {
+                tracing::info!(worker = ctx.name(), "mail worker shutting down");
+                let was_stopping = stopping.is_some();
+                stopping = Some(End::Shutdown);
+                if !start_stopping() {
+                    break;
+                }
+                if !was_stopping {
+                    deadline.as_mut().reset(tokio::time::Instant::now() + grace);
+                }
+            }
+            () = &mut deadline, if stopping.is_some() => {
+                tracing::warn!(worker = ctx.name(), "in-flight email jobs did not finish in time: abandoned (the queue retries them)");
+                break;
+            }
+        }
+    }
+    if shutdown.is_terminated() { End::Shutdown } else { stopping.unwrap_or(End::Failed) }
+}
