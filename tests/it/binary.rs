@@ -108,3 +108,247 @@ fn migrate_and_tenant_create() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Decodes quoted-printable soft breaks and escapes (enough for our messages).
+fn unqp(raw: &str) -> String {
+    let joined = raw.replace("=\r\n", "").replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'='
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&joined[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn outbox_messages(dir: &std::path::Path) -> Vec<String> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("data/outbox"))
+        .map(|rd| {
+            rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "eml")).collect()
+        })
+        .unwrap_or_default();
+    files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    files.iter().map(|p| unqp(&std::fs::read_to_string(p).unwrap())).collect()
+}
+
+async fn wait_for_message(dir: &std::path::Path, count: usize) -> String {
+    for _ in 0..200 {
+        let msgs = outbox_messages(dir);
+        if msgs.len() >= count {
+            return msgs[count - 1].clone();
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no message {count} in the outbox");
+}
+
+fn six_digits(text: &str) -> String {
+    let b = text.as_bytes();
+    for i in 0..b.len().saturating_sub(5) {
+        let run = &b[i..i + 6];
+        let before = i == 0 || !b[i - 1].is_ascii_digit();
+        let after = i + 6 == b.len() || !b[i + 6].is_ascii_digit();
+        if before && after && run.iter().all(u8::is_ascii_digit) {
+            return String::from_utf8(run.to_vec()).unwrap();
+        }
+    }
+    panic!("no code in {text}");
+}
+
+/// The embedded default end to end with the real binary: SQLite, embedded queue, `.eml`
+/// outbox. Then: the logs of the whole flow (at trace level) hold none of the passwords,
+/// codes, tokens or secrets the flow saw, and SIGTERM ends the process with 0.
+#[actix_rt::test]
+async fn the_binary_serves_a_full_flow_logs_no_secret_and_stops_cleanly_on_sigterm() {
+    use serde_json::{Value, json};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("LATCHKEY_DATA_DIR", dir.path().join("data"))
+        .env("LATCHKEY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("LATCHKEY_OPERATOR_TOKEN", "operator-token-for-the-log-test")
+        .env("LATCHKEY_ARGON2_MEMORY_KIB", "64")
+        .env("LATCHKEY_ARGON2_ITERATIONS", "1")
+        .env("LATCHKEY_LOG_FORMAT", "json")
+        .env("RUST_LOG", "trace")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let client = awc::Client::builder().timeout(std::time::Duration::from_secs(30)).finish();
+    let call = |method: &'static str, path: String, body: Option<Value>, token: Option<String>| {
+        let client = client.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let mut req = client.request(actix_web::http::Method::from_bytes(method.as_bytes()).unwrap(), url);
+            if let Some(t) = token {
+                req = req.insert_header(("Authorization", format!("Bearer {t}")));
+            }
+            let mut res = match body {
+                Some(b) => req.send_json(&b).await.unwrap(),
+                None => req.send().await.unwrap(),
+            };
+            let status = res.status().as_u16();
+            let v: Value = res.json().limit(1 << 22).await.unwrap_or(Value::Null);
+            (status, v)
+        }
+    };
+    let mut ready = false;
+    for _ in 0..300 {
+        if let Ok(res) = client.get(format!("{base}/readyz")).send().await
+            && res.status().is_success()
+        {
+            ready = true;
+            break;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the service became ready");
+    let mut secrets: Vec<String> = vec!["operator-token-for-the-log-test".into()];
+    let admin_pw = "admin password that must not be logged".to_owned();
+    let agent_pw = "agent password that must not be logged".to_owned();
+    secrets.push(admin_pw.clone());
+    secrets.push(agent_pw.clone());
+    let (s, _) = call("POST", "/api/v1/tenants".into(), Some(json!({"slug": "acme", "name": "Acme", "admin": {"email": "admin@acme.test", "name": "Ada", "password": admin_pw}})), Some("operator-token-for-the-log-test".into())).await;
+    assert_eq!(s, 201);
+    let (_, r) = call(
+        "POST",
+        "/api/v1/auth".into(),
+        Some(json!({"tenant": "acme", "email": "admin@acme.test", "password": admin_pw})),
+        None,
+    )
+    .await;
+    let admin = r["authentication_token"].as_str().unwrap().to_owned();
+    secrets.push(admin.clone());
+    let (s, _) = call(
+        "POST",
+        "/api/v1/agents".into(),
+        Some(json!({"email": "agent@acme.test", "name": "Al", "role": "agent", "password": agent_pw})),
+        Some(admin.clone()),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (_, r) = call(
+        "POST",
+        "/api/v1/settings/two-factor/enable".into(),
+        Some(json!({"password": admin_pw, "method": "authenticator"})),
+        Some(admin.clone()),
+    )
+    .await;
+    let secret = r["secret"].as_str().unwrap().to_owned();
+    let setup = r["setup_token"].as_str().unwrap().to_owned();
+    secrets.push(secret.clone());
+    secrets.push(setup.clone());
+    let code = crate::common::totp_secret(&secret).code_at(chrono::Utc::now());
+    secrets.push(format!("\"{code}\""));
+    let (s, _) = call(
+        "POST",
+        "/api/v1/settings/two-factor/enable/confirm".into(),
+        Some(json!({"setup_token": setup, "code": code})),
+        Some(admin.clone()),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // The agent enrolls by email.
+    let (_, r) = call(
+        "POST",
+        "/api/v1/auth".into(),
+        Some(json!({"tenant": "acme", "email": "agent@acme.test", "password": agent_pw})),
+        None,
+    )
+    .await;
+    let challenge = r["two_factor"]["challenge_token"].as_str().unwrap().to_owned();
+    secrets.push(challenge.clone());
+    let (s, _) =
+        call("POST", "/api/v1/auth/2fa/email/send".into(), Some(json!({"challenge_token": challenge})), None).await;
+    assert_eq!(s, 202);
+    let message = wait_for_message(dir.path(), 1).await;
+    assert!(message.contains("agent@acme.test"));
+    let email_code = six_digits(&message);
+    let (s, r) = call(
+        "POST",
+        "/api/v1/auth/2fa/verify".into(),
+        Some(json!({"challenge_token": challenge, "method": "email", "code": email_code})),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    secrets.push(r["authentication_token"].as_str().unwrap().to_owned());
+    // The admin asks for a reset link and uses it.
+    let (_, r) = call(
+        "POST",
+        "/api/v1/auth".into(),
+        Some(json!({"tenant": "acme", "email": "admin@acme.test", "password": admin_pw})),
+        None,
+    )
+    .await;
+    let admin_challenge = r["two_factor"]["challenge_token"].as_str().unwrap().to_owned();
+    secrets.push(admin_challenge.clone());
+    let (s, _) =
+        call("POST", "/api/v1/auth/2fa/recovery".into(), Some(json!({"challenge_token": admin_challenge})), None).await;
+    assert_eq!(s, 202);
+    let link = wait_for_message(dir.path(), 2).await;
+    let at = link.find("reset-otp?token=").expect("a reset link") + "reset-otp?token=".len();
+    let token: String =
+        link[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+    assert_eq!(token.len(), 43, "{link}");
+    secrets.push(token.clone());
+    let page = client.get(format!("{base}/reset-otp?token={token}")).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let (s, _) = call("POST", "/api/v1/auth/2fa/reset".into(), Some(json!({"token": token})), None).await;
+    assert_eq!(s, 200);
+
+    // SIGTERM: a clean stop with exit code 0.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut status = None;
+    for _ in 0..200 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let status = status.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("the service did not stop within 20 s of SIGTERM");
+    });
+    assert_eq!(status.code(), Some(0));
+    let logs = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(logs.len() > 10_000, "trace logs were written");
+    assert!(logs.contains("\"request_id\""), "JSON logs carry request ids");
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "a secret reached the logs: {}…", &secret[..6]);
+    }
+    // Codes are 6 digits, which can occur by chance inside timestamps and durations
+    // (after a dot); a code written by us would stand alone.
+    for c in [&email_code, &code] {
+        assert!(!stands_alone(&logs, c), "a code reached the logs");
+    }
+}
+
+fn stands_alone(haystack: &str, needle: &str) -> bool {
+    let b = haystack.as_bytes();
+    haystack.match_indices(needle).any(|(i, _)| {
+        let before = if i == 0 { b' ' } else { b[i - 1] };
+        let after = b.get(i + needle.len()).copied().unwrap_or(b' ');
+        !before.is_ascii_digit() && before != b'.' && !after.is_ascii_digit() && after != b'.'
+    })
+}

@@ -9,6 +9,7 @@ mod accounts;
 mod authenticator;
 mod bad_input;
 mod binary;
+mod deploy;
 mod email;
 mod fuzz;
 mod recovery;

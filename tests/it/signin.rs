@@ -201,3 +201,54 @@ async fn housekeeping_deletes_only_what_nothing_can_use() {
     assert_eq!(app.get_as(&young, "/api/v1/me").await.status, 200);
     assert_eq!(app.get_as(&old, "/api/v1/me").await.status, 401);
 }
+
+#[actix_rt::test]
+async fn client_ips_come_from_x_forwarded_for_only_behind_trusted_proxies() {
+    for trusted in [false, true] {
+        let app = TestApp::spawn(Db::Sqlite, |c| {
+            c.signin_per_ip_per_minute = 2;
+            if trusted {
+                c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+            }
+        })
+        .await;
+        let body = || Some(json!({"tenant": "nope", "email": "a@b.co", "password": "x"}));
+        let from = |ip: &'static str| [("X-Forwarded-For", ip)];
+        // The nearest untrusted entry is the client: 203.0.113.7 (10.1.2.3 is a trusted hop).
+        let chain = "198.51.100.1, 203.0.113.7, 10.1.2.3";
+        for _ in 0..2 {
+            assert_eq!(app.call_with("POST", "/api/v1/auth", body(), None, &from(chain)).await.status, 401);
+        }
+        let third = app.call_with("POST", "/api/v1/auth", body(), None, &from(chain)).await;
+        assert_eq!(third.status, 429, "trusted={trusted}");
+        let other = app.call_with("POST", "/api/v1/auth", body(), None, &from("198.51.100.99")).await;
+        // Behind a trusted proxy another client has its own budget; otherwise the header is
+        // ignored and every request is the socket peer's.
+        assert_eq!(other.status, if trusted { 401 } else { 429 }, "trusted={trusted}");
+        app.stop().await;
+    }
+}
+
+#[actix_rt::test]
+async fn recovery_requests_record_the_forwarded_client() {
+    let app = TestApp::spawn(Db::Sqlite, |c| c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
+    let t = slug("acme");
+    app.tenant(&t).await;
+    let a = app.token(&t, &admin(&t)).await;
+    let agent = format!("agent@{t}.test");
+    app.user(&a, &agent, "agent").await;
+    app.enable_authenticator(&a).await;
+    let ch = app.challenge(&t, &agent).await;
+    let r = app
+        .call_with(
+            "POST",
+            "/api/v1/auth/2fa/recovery",
+            Some(json!({"challenge_token": ch["challenge_token"]})),
+            None,
+            &[("X-Forwarded-For", "203.0.113.7"), ("User-Agent", "Agent Browser/1.0")],
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    assert_eq!(r.body["request"]["ip"], "203.0.113.7");
+    assert_eq!(r.body["request"]["user_agent"], "Agent Browser/1.0");
+}

@@ -151,6 +151,7 @@ impl From<&ChallengeView> for ChallengeDto {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateTenantRequest {
     /// Slug users type at sign-in: 1–63 of `a-z`, `0-9`, inner `-`.
+    #[schema(pattern = "^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$", example = "acme")]
     pub slug: String,
     /// Display name (the authenticator issuer).
     pub name: String,
@@ -166,6 +167,7 @@ pub struct NewAdmin {
     /// Display name.
     pub name: String,
     /// Password (8+ characters).
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
 }
 
@@ -242,6 +244,7 @@ pub struct ConfirmRequest {
     /// The challenge token.
     pub challenge_token: String,
     /// A code from the app: exactly 6 ASCII digits, as a string.
+    #[schema(pattern = "^[0-9]{6}$", example = "012345")]
     pub code: String,
 }
 
@@ -277,6 +280,7 @@ pub struct VerifyRequest {
     /// `authenticator` or `email`.
     pub method: MethodDto,
     /// Exactly 6 ASCII digits, as a string.
+    #[schema(pattern = "^[0-9]{6}$", example = "012345")]
     pub code: String,
 }
 
@@ -384,6 +388,7 @@ pub struct PasswordChangeRequest {
     /// The current password.
     pub current_password: String,
     /// The new password (8+ characters).
+    #[schema(min_length = 8, max_length = 1024)]
     pub new_password: String,
 }
 
@@ -468,6 +473,7 @@ pub struct EnableConfirmRequest {
     /// The setup token.
     pub setup_token: String,
     /// Exactly 6 ASCII digits, as a string.
+    #[schema(pattern = "^[0-9]{6}$", example = "012345")]
     pub code: String,
 }
 
@@ -512,6 +518,7 @@ pub struct CreateAgentRequest {
     /// Role.
     pub role: RoleDto,
     /// Initial password (8+ characters).
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
 }
 

@@ -91,6 +91,7 @@ impl FromRequest for Authed {
             let (st, ctx) = found?;
             let token = token.ok_or(ApiError::Domain(Domain::Unauthenticated))?;
             let auth = st.service.authenticate(&ctx, &token).await?;
+            crate::middleware::record_principal(auth.tenant.id, auth.user.id);
             Ok(Authed { ctx, auth })
         })
     }

@@ -38,14 +38,21 @@ pub async fn ip_limit(
 }
 
 /// Logs one line per request (method, route pattern, status, latency, request id) inside a
-/// span carrying the request id, and returns the id in `X-Request-Id`.
+/// span carrying the request id and, once known, the tenant and user ids (see
+/// [`record_principal`]); returns the id in `X-Request-Id`.
 pub async fn log_requests(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let request_id = uuid::Uuid::now_v7().simple().to_string();
     let method = req.method().to_string();
-    let span = tracing::info_span!("http", request_id = %request_id, method = %method);
+    let span = tracing::info_span!(
+        "http",
+        request_id = %request_id,
+        method = %method,
+        tenant = tracing::field::Empty,
+        user = tracing::field::Empty
+    );
     let started = std::time::Instant::now();
     async move {
         let mut res = next.call(req).await?;
@@ -94,4 +101,12 @@ pub fn problem_for_any_error<B: MessageBody + 'static>(
     let response: actix_web::HttpResponse<BoxBody> = problem_response(&problem);
     let res = ServiceResponse::new(req, response).map_into_boxed_body();
     Ok(ErrorHandlerResponse::Response(res.map_body(|_, b| EitherBody::right(b))))
+}
+
+/// Records the tenant and user of the current request on its span (the `http` span of
+/// [`log_requests`]), so every log line of the request names them.
+pub fn record_principal(tenant: impl std::fmt::Display, user: impl std::fmt::Display) {
+    let span = tracing::Span::current();
+    span.record("tenant", tracing::field::display(tenant));
+    span.record("user", tracing::field::display(user));
 }

@@ -126,6 +126,9 @@ impl Service {
             })
             .await?;
         let (challenge, user) = found.filter(|(ch, _)| ch.purpose == purpose).ok_or_else(missing)?;
+        let span = tracing::Span::current();
+        span.record("tenant", tracing::field::display(challenge.tenant_id));
+        span.record("user", tracing::field::display(user.id));
         let tenant = self.registry.enter(challenge.tenant_id).await.map_err(|e| match e {
             Error::NotFound => missing(),
             other => other,

@@ -57,7 +57,6 @@ impl Service {
     ///
     /// Errors: `InvalidCredentials` (the same for unknown tenant, unknown email and wrong
     /// password), `RateLimited` past the attempt limit even with the right password.
-    #[tracing::instrument(skip_all, fields(tenant = %tenant_slug))]
     pub async fn sign_in(&self, ctx: &RequestCtx, tenant_slug: &str, email: &str, password: &str) -> Result<SignIn> {
         let email = latchkey_core::email::normalize(email);
         let Some(tenant) = self.registry.enter_slug(tenant_slug).await? else {
@@ -65,6 +64,7 @@ impl Service {
             return Err(Error::InvalidCredentials);
         };
         let tenant_id = tenant.id;
+        tracing::Span::current().record("tenant", tracing::field::display(tenant_id));
         let lookup = email.clone();
         let user = self.store.run(move |c| users::by_email(c, tenant_id, &lookup)).await?;
         let subject = match &user {
