@@ -241,6 +241,39 @@ mod tests {
         }
     }
 
+    /// Every `code` DESIGN.md section 3 names, with the status it gives it.
+    #[test]
+    fn the_codes_of_the_design_are_answered_with_their_status() {
+        for (code, status) in [
+            ("invalid_request", 400),
+            ("unauthenticated", 401),
+            ("invalid_credentials", 401),
+            ("invalid_challenge", 401),
+            ("invalid_code", 401),
+            ("invalid_token", 401),
+            ("invalid_password", 401),
+            ("invalid_setup_token", 401),
+            ("forbidden", 403),
+            ("step_up_required", 403),
+            ("method_not_allowed", 403),
+            ("email_change_forbidden", 403),
+            ("not_found", 404),
+            ("tenant_exists", 409),
+            ("email_taken", 409),
+            ("already_enrolled", 409),
+            ("already_enabled", 409),
+            ("last_admin", 409),
+            ("request_not_pending", 409),
+            ("code_expired", 410),
+            ("otp_blocked", 423),
+            ("rate_limited", 429),
+            ("resend_too_soon", 429),
+            ("send_limit_reached", 429),
+        ] {
+            assert!(CODES.contains(&(code, status)), "{code} {status}");
+        }
+    }
+
     #[test]
     fn internal_details_are_not_sent() {
         let p = ApiError::Domain(Domain::Internal("db password=hunter2".into())).problem();
