@@ -118,7 +118,7 @@ pub enum NextDto {
 }
 
 /// `Challenge`: the second step of a sign-in.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Clone, Serialize, ToSchema)]
 pub struct ChallengeDto {
     /// Opaque token for the `/api/v1/auth/2fa/*` endpoints (never a bearer token).
     pub challenge_token: String,
@@ -130,6 +130,17 @@ pub struct ChallengeDto {
     pub methods: Vec<MethodDto>,
     /// The user's address, masked.
     pub email_masked: String,
+}
+
+impl std::fmt::Debug for ChallengeDto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChallengeDto")
+            .field("expires_at", &self.expires_at)
+            .field("next", &self.next)
+            .field("methods", &self.methods)
+            .field("email_masked", &self.email_masked)
+            .finish_non_exhaustive()
+    }
 }
 
 impl From<&ChallengeView> for ChallengeDto {
@@ -208,7 +219,7 @@ impl std::fmt::Debug for SignInRequest {
 }
 
 /// `POST /api/v1/auth` answer: a session (2FA off or after verification) or a challenge.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct SignInResponse {
     /// Bearer token; `null` until the second factor is verified.
     pub authentication_token: Option<String>,
@@ -220,11 +231,27 @@ pub struct SignInResponse {
     pub two_factor: Option<ChallengeDto>,
 }
 
+impl std::fmt::Debug for SignInResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignInResponse")
+            .field("expires_at", &self.expires_at)
+            .field("user", &self.user)
+            .field("two_factor", &self.two_factor)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A body carrying only a challenge token.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct ChallengeRequest {
     /// The challenge token from sign-in.
     pub challenge_token: String,
+}
+
+impl std::fmt::Debug for ChallengeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChallengeRequest").finish_non_exhaustive()
+    }
 }
 
 /// `POST /api/v1/auth/2fa/authenticator/setup` answer.
@@ -239,13 +266,19 @@ pub struct AuthenticatorSetup {
 }
 
 /// `POST /api/v1/auth/2fa/authenticator/confirm` body.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct ConfirmRequest {
     /// The challenge token.
     pub challenge_token: String,
     /// A code from the app: exactly 6 ASCII digits, as a string.
     #[schema(pattern = "^[0-9]{6}$", example = "012345")]
     pub code: String,
+}
+
+impl std::fmt::Debug for ConfirmRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfirmRequest").finish_non_exhaustive()
+    }
 }
 
 /// `POST /api/v1/auth/2fa/authenticator/confirm` answer.
@@ -273,7 +306,7 @@ pub struct EmailSentResponse {
 }
 
 /// `POST /api/v1/auth/2fa/verify` body.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct VerifyRequest {
     /// The challenge token.
     pub challenge_token: String,
@@ -284,8 +317,14 @@ pub struct VerifyRequest {
     pub code: String,
 }
 
+impl std::fmt::Debug for VerifyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyRequest").field("method", &self.method).finish_non_exhaustive()
+    }
+}
+
 /// A session: `POST /api/v1/auth/2fa/verify` answer.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct SessionResponse {
     /// Bearer token.
     pub authentication_token: String,
@@ -293,6 +332,15 @@ pub struct SessionResponse {
     pub expires_at: DateTime<Utc>,
     /// The user.
     pub user: UserDto,
+}
+
+impl std::fmt::Debug for SessionResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionResponse")
+            .field("expires_at", &self.expires_at)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `RecoveryRequest`.
@@ -468,13 +516,19 @@ pub struct EnableResponse {
 }
 
 /// `POST /api/v1/settings/two-factor/enable/confirm` body.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct EnableConfirmRequest {
     /// The setup token.
     pub setup_token: String,
     /// Exactly 6 ASCII digits, as a string.
     #[schema(pattern = "^[0-9]{6}$", example = "012345")]
     pub code: String,
+}
+
+impl std::fmt::Debug for EnableConfirmRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnableConfirmRequest").finish_non_exhaustive()
+    }
 }
 
 /// The 2FA toggle.
@@ -651,4 +705,35 @@ pub struct Readiness {
     pub database: String,
     /// `ok` or `down`.
     pub queue: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_tokens_and_codes() {
+        let verify = VerifyRequest {
+            challenge_token: "challenge-secret".into(),
+            method: MethodDto::Email,
+            code: "123456".into(),
+        };
+        let shown = format!("{verify:?}");
+        assert!(!shown.contains("challenge-secret") && !shown.contains("123456"), "{shown}");
+        let session = SessionResponse {
+            authentication_token: "session-secret".into(),
+            expires_at: chrono::DateTime::from_timestamp(0, 0).unwrap_or_default(),
+            user: UserDto {
+                id: "u".into(),
+                email: "e".into(),
+                name: "n".into(),
+                role: RoleDto::Agent,
+                two_factor: TwoFactorState { enrolled: vec![], preferred: None },
+            },
+        };
+        assert!(!format!("{session:?}").contains("session-secret"));
+        let confirm = EnableConfirmRequest { setup_token: "setup-secret".into(), code: "654321".into() };
+        let shown = format!("{confirm:?}");
+        assert!(!shown.contains("setup-secret") && !shown.contains("654321"));
+    }
 }
