@@ -19,6 +19,10 @@ async fn malformed_bodies_are_problems() {
     let big = format!("{{\"tenant\":\"{}\"}}", "a".repeat(2 << 20));
     let r = app.raw("POST", "/api/v1/auth", "application/json", big.into_bytes()).await;
     assert_eq!((r.status, r.code()), (413, "payload_too_large"));
+    let r = app.call("DELETE", "/healthz", None, None).await;
+    assert_eq!((r.status, r.code()), (405, "http_method_not_allowed"));
+    let r = app.call("PUT", "/api/v1/agents/01a22bec-dac0-70ac-b2a2-feb2b3520ba1", None, None).await;
+    assert_eq!(r.status, 405);
     let r = app.call("GET", "/api/v1/nothing-here", None, None).await;
     assert_eq!((r.status, r.code()), (404, "not_found"));
     assert_eq!(r.header("content-type").as_deref(), Some("application/problem+json"));

@@ -167,12 +167,21 @@ pub fn app(
     )
     .split_for_parts();
     app.service(SwaggerUi::new("/docs/{_:.*}").url("/api/v1/openapi.json", doc))
-        .default_service(web::to(|| async { Err::<actix_web::HttpResponse, ApiError>(ApiError::NotFound) }))
+        .default_service(web::to(unrouted))
         .wrap(from_fn(middleware::ip_limit))
         .wrap(ErrorHandlers::new().default_handler(middleware::problem_for_any_error))
         .wrap(DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))
         .wrap(metrics)
         .wrap(from_fn(middleware::log_requests))
+}
+
+/// No route took the request: 405 when the path exists for another HTTP method, else 404.
+async fn unrouted(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    if req.resource_map().has_resource(req.path()) {
+        Err(ApiError::HttpMethodNotAllowed)
+    } else {
+        Err(ApiError::NotFound)
+    }
 }
 
 /// Starts the HTTP server on `listener` with `workers` threads (0: one per core). It stops
