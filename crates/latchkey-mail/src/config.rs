@@ -75,7 +75,7 @@ impl MailConfig {
             smtp_timeout: Duration::from_secs(15),
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             claim_lease: Duration::from_secs(60),
-            poll_interval: Duration::from_millis(200),
+            poll_interval: Duration::from_millis(25),
         }
     }
 

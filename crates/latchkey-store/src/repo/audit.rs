@@ -41,21 +41,59 @@ impl Row {
     }
 }
 
+#[derive(Insertable)]
+#[diesel(table_name = ae)]
+struct NewRow {
+    id: String,
+    tenant_id: String,
+    at: i64,
+    actor_id: Option<String>,
+    subject_id: Option<String>,
+    kind: &'static str,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    detail: String,
+}
+
+impl NewRow {
+    fn of(e: &AuditEvent) -> Self {
+        Self {
+            id: e.id.to_string(),
+            tenant_id: e.tenant_id.to_string(),
+            at: ms(e.at),
+            actor_id: e.actor_id.clone(),
+            subject_id: e.subject_id.clone(),
+            kind: e.kind.as_str(),
+            ip: e.ip.clone(),
+            user_agent: e.user_agent.clone(),
+            detail: e.detail.to_string(),
+        }
+    }
+}
+
 /// Appends an event.
 pub fn insert(conn: &mut DbConn, e: &AuditEvent) -> StoreResult<()> {
-    diesel::insert_into(ae::table)
-        .values((
-            ae::id.eq(e.id.to_string()),
-            ae::tenant_id.eq(e.tenant_id.to_string()),
-            ae::at.eq(ms(e.at)),
-            ae::actor_id.eq(e.actor_id.clone()),
-            ae::subject_id.eq(e.subject_id.clone()),
-            ae::kind.eq(e.kind.as_str()),
-            ae::ip.eq(e.ip.clone()),
-            ae::user_agent.eq(e.user_agent.clone()),
-            ae::detail.eq(e.detail.to_string()),
-        ))
-        .execute(conn)?;
+    diesel::insert_into(ae::table).values(NewRow::of(e)).execute(conn)?;
+    Ok(())
+}
+
+/// Appends several events in one statement.
+pub fn insert_all(conn: &mut DbConn, events: &[AuditEvent]) -> StoreResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    match conn {
+        DbConn::Pg(pg) => {
+            let rows: Vec<NewRow> = events.iter().map(NewRow::of).collect();
+            diesel::insert_into(ae::table).values(&rows).execute(pg)?;
+        }
+        // No round trip to save on SQLite (and diesel has no multi-row insert for it here).
+        DbConn::Sqlite(_) => {
+            for e in events {
+                insert(conn, e)?;
+            }
+        }
+    }
     Ok(())
 }
 

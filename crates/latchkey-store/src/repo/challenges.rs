@@ -5,9 +5,10 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use latchkey_core::{ChallengeId, MethodSet, TenantId, UserId};
 
+use super::users::Row as UserRow;
 use crate::DbConn;
 use crate::error::StoreResult;
-use crate::model::{Challenge, ChallengePurpose, NextAction, at, at_opt, ms, parse, parse_opt};
+use crate::model::{Challenge, ChallengePurpose, NextAction, User, at, at_opt, ms, parse, parse_opt};
 use crate::schema::challenges as c;
 
 #[derive(Queryable, Selectable)]
@@ -76,6 +77,25 @@ pub fn open_by_token_hash(conn: &mut DbConn, token_hash: &[u8], now: DateTime<Ut
         .optional()?
         .map(Row::into_challenge)
         .transpose()
+}
+
+/// The open challenge whose token hashes to `token_hash`, with its user (who must belong to
+/// the challenge's tenant), in one query.
+pub fn open_with_user_by_token_hash(
+    conn: &mut DbConn,
+    token_hash: &[u8],
+    now: DateTime<Utc>,
+) -> StoreResult<Option<(Challenge, User)>> {
+    use crate::schema::users as u;
+    let found: Option<(Row, UserRow)> = c::table
+        .inner_join(u::table.on(u::id.eq(c::user_id).and(u::tenant_id.eq(c::tenant_id))))
+        .filter(c::token_hash.eq(token_hash.to_vec()))
+        .filter(c::ended_at.is_null())
+        .filter(c::expires_at.gt(ms(now)))
+        .select((Row::as_select(), UserRow::as_select()))
+        .first(conn)
+        .optional()?;
+    found.map(|(ch, user)| Ok((ch.into_challenge()?, user.into_user()?))).transpose()
 }
 
 /// Re-reads a challenge by id (inside a transaction, after taking the user's lock).

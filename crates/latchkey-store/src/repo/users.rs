@@ -13,7 +13,7 @@ use crate::schema::users;
 
 #[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = users)]
-struct Row {
+pub(crate) struct Row {
     id: String,
     tenant_id: String,
     email: String,
@@ -28,7 +28,7 @@ struct Row {
 }
 
 impl Row {
-    fn into_user(self) -> StoreResult<User> {
+    pub(crate) fn into_user(self) -> StoreResult<User> {
         Ok(User {
             id: parse("user id", &self.id)?,
             tenant_id: parse("tenant id", &self.tenant_id)?,
@@ -120,6 +120,37 @@ pub fn lock(conn: &mut DbConn, id: UserId) -> StoreResult<()> {
     if let DbConn::Pg(pg) = conn {
         users::table.find(id.to_string()).select(users::id).for_update().first::<String>(pg).optional()?;
     }
+    Ok(())
+}
+
+/// The user `id` of `tenant`, read under the lock of [`lock`]: one `SELECT … FOR UPDATE`
+/// on Postgres (instead of a lock, then a read); a plain read on SQLite, where the
+/// transaction already holds the write lock.
+pub fn lock_and_get(conn: &mut DbConn, tenant: TenantId, id: UserId) -> StoreResult<Option<User>> {
+    match conn {
+        DbConn::Pg(pg) => users::table
+            .filter(users::tenant_id.eq(tenant.to_string()))
+            .filter(users::id.eq(id.to_string()))
+            .select(Row::as_select())
+            .for_update()
+            .first(pg)
+            .optional()?
+            .map(Row::into_user)
+            .transpose(),
+        DbConn::Sqlite(_) => by_id(conn, tenant, id),
+    }
+}
+
+/// After a verified code: clears the wrong-code counter and block and records the method, in
+/// one statement.
+pub fn set_verified(conn: &mut DbConn, id: UserId, method: Method) -> StoreResult<()> {
+    diesel::update(users::table.find(id.to_string()))
+        .set((
+            users::otp_failures.eq(0),
+            users::otp_blocked_until.eq(None::<i64>),
+            users::preferred_method.eq(Some(method.as_str())),
+        ))
+        .execute(conn)?;
     Ok(())
 }
 

@@ -7,10 +7,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use latchkey_core::crypto::{TokenPurpose, ct_eq};
-use latchkey_core::otp::{SendRefusal, decide_send, generate_email_code, seconds_until};
+use latchkey_core::otp::{OtpLockout, SendRefusal, decide_send, generate_email_code, seconds_until};
 use latchkey_core::totp::{self, TotpCheck, TotpSecret};
 use latchkey_core::{
-    AuditKind, DeliveryId, EmailCodeId, Method, RecoveryRequestId, ResetTokenId, Role, SecretToken, UserId,
+    AuditKind, DeliveryId, EmailCodeId, Method, MethodSet, RecoveryRequestId, ResetTokenId, Role, SecretToken, UserId,
 };
 use latchkey_store::model::{
     Challenge, ChallengePurpose, EmailCode, Enrollment, NextAction, RecoveryRequest, RecoveryStatus, ResetToken,
@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 
 use super::admin::RecoveryView;
 use super::signin::IssuedSession;
-use super::{RequestCtx, Service};
+use super::{RequestCtx, Service, UserView};
 use crate::error::{Error, Result};
 use crate::outbox::{MailJob, SendEmailOtp, SendResetLink, job_aad};
 
@@ -78,8 +78,9 @@ pub(super) struct Located {
 /// The verdict on a code, reached inside the user's transaction.
 pub(super) enum Checked {
     /// A TOTP code of a new time step. `enroll` holds the secret when it came from a pending
-    /// setup (to be enrolled now).
-    Totp { step: i64, enroll: Option<TotpSecret> },
+    /// setup (to be enrolled now); `enrolled` the user's enrolled methods when they were read
+    /// to find the secret (so the caller need not read them again).
+    Totp { step: i64, enroll: Option<TotpSecret>, enrolled: Option<MethodSet> },
     /// The challenge's live email code.
     Email { code_id: EmailCodeId },
     /// The right code of an already used TOTP step: refused, not counted.
@@ -115,16 +116,7 @@ impl Service {
         missing: fn() -> Error,
     ) -> Result<Located> {
         let hash = self.keys.token_hash(TokenPurpose::Challenge, token);
-        let found = self
-            .store
-            .run(move |c| {
-                let Some(ch) = challenges::open_by_token_hash(c, &hash, now)? else {
-                    return Ok(None);
-                };
-                let user = users::by_id(c, ch.tenant_id, ch.user_id)?;
-                Ok(user.map(|u| (ch, u)))
-            })
-            .await?;
+        let found = self.store.run(move |c| challenges::open_with_user_by_token_hash(c, &hash, now)).await?;
         let (challenge, user) = found.filter(|(ch, _)| ch.purpose == purpose).ok_or_else(missing)?;
         let span = tracing::Span::current();
         span.record("tenant", tracing::field::display(challenge.tenant_id));
@@ -136,14 +128,13 @@ impl Service {
         Ok(Located { challenge, tenant, user })
     }
 
-    /// Re-reads the user (after taking its lock) and the challenge, which must still be open.
+    /// Re-reads the user (taking its lock) and the challenge, which must still be open.
     pub(super) fn reread(
         conn: &mut DbConn,
         loc: &Located,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<(User, Challenge)>> {
-        users::lock(conn, loc.user.id)?;
-        let user = users::by_id(conn, loc.tenant.id, loc.user.id)?;
+        let user = users::lock_and_get(conn, loc.tenant.id, loc.user.id)?;
         let ch = challenges::by_id(conn, loc.challenge.id)?.filter(|ch| ch.is_open(now));
         Ok(user.zip(ch))
     }
@@ -175,14 +166,14 @@ impl Service {
                         .map_err(|_| StoreError::Corrupt("pending secret"))?;
                     let secret = TotpSecret::from_bytes(&bytes).map_err(|_| StoreError::Corrupt("pending secret"))?;
                     return Ok(match totp::check(&secret, code, now, None) {
-                        TotpCheck::Accepted { step } => Checked::Totp { step, enroll: Some(secret) },
+                        TotpCheck::Accepted { step } => Checked::Totp { step, enroll: Some(secret), enrolled: None },
                         TotpCheck::Replayed => Checked::Replayed,
                         TotpCheck::Invalid => Checked::Wrong { expired: false },
                     });
                 }
-                let Some(enrollment) =
-                    enrollments::for_user(conn, user.id)?.into_iter().find(|e| e.method == Method::Authenticator)
-                else {
+                let all = enrollments::for_user(conn, user.id)?;
+                let enrolled: MethodSet = all.iter().map(|e| e.method).collect();
+                let Some(enrollment) = all.into_iter().find(|e| e.method == Method::Authenticator) else {
                     return Ok(Checked::NoAuthenticator);
                 };
                 let sealed = enrollment.secret_sealed.as_deref().ok_or(StoreError::Corrupt("totp secret"))?;
@@ -192,7 +183,7 @@ impl Service {
                 Ok(match totp::check(&secret, code, now, enrollment.last_step) {
                     TotpCheck::Accepted { step } => {
                         if enrollments::advance_last_step(conn, user.id, step)? {
-                            Checked::Totp { step, enroll: None }
+                            Checked::Totp { step, enroll: None, enrolled: Some(enrolled) }
                         } else {
                             Checked::Replayed
                         }
@@ -350,7 +341,7 @@ impl Service {
                     return Ok(Err(Error::SetupRequired));
                 }
                 match svc.check_code(c, &ch, &user, Method::Authenticator, &code, now)? {
-                    Checked::Totp { step, enroll: Some(secret) } => {
+                    Checked::Totp { step, enroll: Some(secret), .. } => {
                         svc.enroll_authenticator(c, &user, &secret, step, now)?;
                         challenges::end_for_user(c, user.id, None, now)?;
                         email_codes::void_for_user(c, user.id, now)?;
@@ -501,8 +492,9 @@ impl Service {
                 if let Some(e) = svc.blocked(&user, method, now) {
                     return Ok(Err(e));
                 }
+                let mut known_enrolled = None;
                 match svc.check_code(c, &ch, &user, method, &code, now)? {
-                    Checked::Totp { .. } => {}
+                    Checked::Totp { enrolled, .. } => known_enrolled = enrolled,
                     Checked::Email { code_id } => {
                         email_codes::mark_used(c, code_id, now)?;
                         let enrolled = enrollments::methods_of(c, user.id)?;
@@ -537,33 +529,29 @@ impl Service {
                     }
                     Checked::NoAuthenticator => return Ok(Err(Error::MethodNotAllowed)),
                 }
-                users::set_lockout(c, user.id, Default::default())?;
-                users::set_preferred(c, user.id, Some(method))?;
+                if user.lockout != OtpLockout::default() || user.preferred != Some(method) {
+                    users::set_verified(c, user.id, method)?;
+                }
                 challenges::end(c, ch.id, now)?;
                 let (token, session) = svc.issue_session(c, &user, true, now)?;
                 svc.metrics.otp_verifications.with_label_values(&[method.as_str(), "success"]).inc();
-                let who = Some(user.id.to_string());
-                Service::audit(
+                Service::audit_all(
                     c,
                     &ctx,
                     user.tenant_id,
-                    who.clone(),
+                    Some(user.id.to_string()),
                     Some(user.id),
-                    AuditKind::Verified,
-                    json!({"method": method}),
-                )?;
-                Service::audit(
-                    c,
-                    &ctx,
-                    user.tenant_id,
-                    who,
-                    Some(user.id),
-                    AuditKind::SignedIn,
-                    json!({"second_factor": true, "method": method}),
+                    [
+                        (AuditKind::Verified, json!({"method": method})),
+                        (AuditKind::SignedIn, json!({"second_factor": true, "method": method})),
+                    ],
                 )?;
                 let mut user = user;
                 user.preferred = Some(method);
-                let view = svc.user_view(c, &user)?;
+                let view = match known_enrolled {
+                    Some(enrolled) => UserView::new(&user, enrolled),
+                    None => svc.user_view(c, &user)?,
+                };
                 Ok(Ok(IssuedSession { token, expires_at: session.expires_at, user: view }))
             })
             .await?

@@ -101,6 +101,9 @@ pub struct Service {
     store: Store,
     keys: Keys,
     hasher: Arc<PasswordHasher>,
+    /// One permit per core: at most that many argon2 computations run at once (see
+    /// [`Service::check_password`]).
+    hashing: Arc<tokio::sync::Semaphore>,
     limits: Limits,
     outbox: Arc<dyn Outbox>,
     metrics: Metrics,
@@ -124,7 +127,9 @@ impl Service {
         metrics: Metrics,
         registry: Registry,
     ) -> Self {
-        Self { store, keys, hasher, limits, outbox, metrics, registry }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let hashing = Arc::new(tokio::sync::Semaphore::new(cores));
+        Self { store, keys, hasher, hashing, limits, outbox, metrics, registry }
     }
 
     /// The store (for readiness checks and housekeeping).
@@ -172,10 +177,17 @@ impl Service {
         Ok(Auth { session, user, tenant })
     }
 
-    /// Hashes a new password on the blocking pool.
+    /// Waits for one of the per-core argon2 permits.
+    async fn hashing_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        self.hashing.acquire().await.map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// Hashes a new password on the blocking pool (one per core at a time, like
+    /// [`Service::check_password`]).
     async fn hash_password(&self, password: &str) -> Result<String> {
         let hasher = self.hasher.clone();
         let password = Zeroizing::new(password.to_owned());
+        let _permit = self.hashing_permit().await?;
         tokio::task::spawn_blocking(move || hasher.hash(&password))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
@@ -184,9 +196,16 @@ impl Service {
 
     /// Verifies a password on the blocking pool (against the dummy hash when `stored` is
     /// `None`, so unknown users cost the same).
+    ///
+    /// At most one argon2 computation per core runs at a time; the others wait for a permit
+    /// without holding a thread. Unbounded, a burst of sign-ins would start one 19 MiB hash
+    /// per request on the blocking pool: they would share the cores (each taking many times
+    /// longer, thrashing the caches) and crowd out the event loops, whose cheap requests
+    /// would then wait behind them.
     async fn check_password(&self, password: &str, stored: Option<String>) -> Result<bool> {
         let hasher = self.hasher.clone();
         let password = Zeroizing::new(password.to_owned());
+        let _permit = self.hashing_permit().await?;
         let timer = self.metrics.password_check.start_timer();
         let ok = tokio::task::spawn_blocking(move || hasher.verify(&password, stored.as_deref()))
             .await
@@ -341,20 +360,32 @@ impl Service {
         kind: AuditKind,
         detail: Value,
     ) -> StoreResult<()> {
-        latchkey_store::repo::audit::insert(
-            conn,
-            &AuditEvent {
-                id: AuditEventId::new(),
-                tenant_id: tenant,
-                at: ctx.now,
-                actor_id: actor,
-                subject_id: subject.map(|s| s.to_string()),
-                kind,
-                ip: ctx.ip.clone(),
-                user_agent: ctx.user_agent.clone(),
-                detail,
-            },
-        )
+        Service::audit_all(conn, ctx, tenant, actor, subject, [(kind, detail)])
+    }
+
+    /// Appends several audit events of one actor and subject in one statement (call inside
+    /// the transaction of the change they record).
+    fn audit_all<const N: usize>(
+        conn: &mut DbConn,
+        ctx: &RequestCtx,
+        tenant: TenantId,
+        actor: Option<String>,
+        subject: Option<UserId>,
+        events: [(AuditKind, Value); N],
+    ) -> StoreResult<()> {
+        let subject = subject.map(|s| s.to_string());
+        let events = events.map(|(kind, detail)| AuditEvent {
+            id: AuditEventId::new(),
+            tenant_id: tenant,
+            at: ctx.now,
+            actor_id: actor.clone(),
+            subject_id: subject.clone(),
+            kind,
+            ip: ctx.ip.clone(),
+            user_agent: ctx.user_agent.clone(),
+            detail,
+        });
+        latchkey_store::repo::audit::insert_all(conn, &events)
     }
 }
 

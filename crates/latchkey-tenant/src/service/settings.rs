@@ -136,7 +136,7 @@ impl Service {
                 }
                 let who = Some(user.id.to_string());
                 match svc.check_code(c, &ch, &user, method, &code, now)? {
-                    Checked::Totp { step, enroll: Some(secret) } => {
+                    Checked::Totp { step, enroll: Some(secret), .. } => {
                         svc.enroll_authenticator(c, &user, &secret, step, now)?;
                         Service::audit(
                             c,
