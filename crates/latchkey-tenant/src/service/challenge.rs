@@ -10,7 +10,8 @@ use latchkey_core::crypto::{TokenPurpose, ct_eq};
 use latchkey_core::otp::{OtpLockout, SendRefusal, decide_send, generate_email_code, seconds_until};
 use latchkey_core::totp::{self, TotpCheck, TotpSecret};
 use latchkey_core::{
-    AuditKind, DeliveryId, EmailCodeId, Method, MethodSet, RecoveryRequestId, ResetTokenId, Role, SecretToken, UserId,
+    AuditKind, ChallengeId, DeliveryId, EmailCodeId, Method, MethodSet, RecoveryRequestId, ResetTokenId, Role,
+    SecretToken, UserId,
 };
 use latchkey_store::model::{
     Challenge, ChallengePurpose, EmailCode, Enrollment, NextAction, RecoveryRequest, RecoveryStatus, ResetToken,
@@ -265,19 +266,72 @@ impl Service {
     pub(super) fn enroll_authenticator(
         &self,
         conn: &mut DbConn,
+        ctx: &RequestCtx,
         user: &User,
         secret: &TotpSecret,
         step: i64,
-        now: DateTime<Utc>,
     ) -> StoreResult<()> {
         let enrollment = Enrollment {
             user_id: user.id,
             method: Method::Authenticator,
             secret_sealed: Some(self.keys.seal(secret.as_bytes(), &enrolled_aad(user.id))),
             last_step: Some(step),
-            created_at: now,
+            created_at: ctx.now,
         };
-        enrollments::upsert(conn, user.tenant_id, &enrollment)
+        enrollments::upsert(conn, user.tenant_id, &enrollment)?;
+        Service::enrolled(conn, ctx, user, Method::Authenticator, None)
+    }
+
+    /// Accepts the challenge's live email code; the user's first success enrolls the email
+    /// method.
+    pub(super) fn accept_email_code(
+        &self,
+        conn: &mut DbConn,
+        ctx: &RequestCtx,
+        user: &User,
+        challenge: &Challenge,
+        code_id: EmailCodeId,
+    ) -> StoreResult<()> {
+        email_codes::mark_used(conn, code_id, ctx.now)?;
+        if enrollments::methods_of(conn, user.id)?.contains(Method::Email) {
+            return Ok(());
+        }
+        let enrollment = Enrollment {
+            user_id: user.id,
+            method: Method::Email,
+            secret_sealed: None,
+            last_step: None,
+            created_at: ctx.now,
+        };
+        enrollments::upsert(conn, user.tenant_id, &enrollment)?;
+        Service::enrolled(conn, ctx, user, Method::Email, Some(challenge.id))
+    }
+
+    /// After an enrollment: the user's other challenges and codes are void (DESIGN.md
+    /// "Challenges"), and the audit log records it.
+    fn enrolled(
+        conn: &mut DbConn,
+        ctx: &RequestCtx,
+        user: &User,
+        method: Method,
+        keep: Option<ChallengeId>,
+    ) -> StoreResult<()> {
+        challenges::end_for_user(conn, user.id, keep, ctx.now)?;
+        email_codes::void_for_user(conn, user.id, ctx.now)?;
+        let who = Some(user.id.to_string());
+        Service::audit(conn, ctx, user.tenant_id, who, Some(user.id), AuditKind::Enrolled, json!({"method": method}))
+    }
+
+    /// Queues `job`; if the queue refuses it, `undo` removes what the send recorded (so a
+    /// refused send does not count) and the answer is `QueueUnavailable`.
+    async fn enqueue_or_undo<F>(&self, job: MailJob, undo: F) -> Result<()>
+    where
+        F: FnOnce(&mut DbConn) -> StoreResult<()> + Send + 'static,
+    {
+        let Err(e) = self.outbox.enqueue(job).await else { return Ok(()) };
+        tracing::error!(error = %e, "could not queue an email");
+        self.store.run(undo).await?;
+        Err(Error::QueueUnavailable)
     }
 
     /// The setup material of a new TOTP secret for `user` of `tenant`.
@@ -342,21 +396,9 @@ impl Service {
                 }
                 match svc.check_code(c, &ch, &user, Method::Authenticator, &code, now)? {
                     Checked::Totp { step, enroll: Some(secret), .. } => {
-                        svc.enroll_authenticator(c, &user, &secret, step, now)?;
-                        challenges::end_for_user(c, user.id, None, now)?;
-                        email_codes::void_for_user(c, user.id, now)?;
+                        svc.enroll_authenticator(c, &ctx, &user, &secret, step)?;
                         users::set_lockout(c, user.id, Default::default())?;
                         svc.metrics.otp_verifications.with_label_values(&["authenticator", "success"]).inc();
-                        let who = Some(user.id.to_string());
-                        Service::audit(
-                            c,
-                            &ctx,
-                            user.tenant_id,
-                            who,
-                            Some(user.id),
-                            AuditKind::Enrolled,
-                            json!({"method": "authenticator"}),
-                        )?;
                         Ok(Ok(()))
                     }
                     Checked::Replayed => Ok(Err(svc.on_replay(&user, Method::Authenticator, now))),
@@ -444,16 +486,11 @@ impl Service {
             expires_at,
             enqueued_at: now,
         };
-        if let Err(e) = self.outbox.enqueue(MailJob::EmailOtp(job)).await {
-            tracing::error!(error = %e, "could not queue an email code");
-            self.store
-                .run(move |c| {
-                    email_codes::delete(c, code_id)?;
-                    deliveries::finish(c, delivery_id, deliveries::DeliveryState::Dropped, now)
-                })
-                .await?;
-            return Err(Error::QueueUnavailable);
-        }
+        self.enqueue_or_undo(MailJob::EmailOtp(job), move |c| {
+            email_codes::delete(c, code_id)?;
+            deliveries::finish(c, delivery_id, deliveries::DeliveryState::Dropped, now)
+        })
+        .await?;
         Ok(EmailSent {
             email_masked: latchkey_core::email::mask(&user.email),
             expires_at,
@@ -495,34 +532,7 @@ impl Service {
                 let mut known_enrolled = None;
                 match svc.check_code(c, &ch, &user, method, &code, now)? {
                     Checked::Totp { enrolled, .. } => known_enrolled = enrolled,
-                    Checked::Email { code_id } => {
-                        email_codes::mark_used(c, code_id, now)?;
-                        let enrolled = enrollments::methods_of(c, user.id)?;
-                        if !enrolled.contains(Method::Email) {
-                            enrollments::upsert(
-                                c,
-                                user.tenant_id,
-                                &Enrollment {
-                                    user_id: user.id,
-                                    method: Method::Email,
-                                    secret_sealed: None,
-                                    last_step: None,
-                                    created_at: now,
-                                },
-                            )?;
-                            challenges::end_for_user(c, user.id, Some(ch.id), now)?;
-                            email_codes::void_for_user(c, user.id, now)?;
-                            Service::audit(
-                                c,
-                                &ctx,
-                                user.tenant_id,
-                                Some(user.id.to_string()),
-                                Some(user.id),
-                                AuditKind::Enrolled,
-                                json!({"method": "email"}),
-                            )?;
-                        }
-                    }
+                    Checked::Email { code_id } => svc.accept_email_code(c, &ctx, &user, &ch, code_id)?,
                     Checked::Replayed => return Ok(Err(svc.on_replay(&user, method, now))),
                     Checked::Wrong { expired } => {
                         return Ok(Err(svc.on_failure(c, &ctx, &user, method, expired)?));
@@ -652,16 +662,11 @@ impl Service {
             expires_at: now + self.limits.reset_link_ttl,
             enqueued_at: now,
         };
-        if let Err(e) = self.outbox.enqueue(MailJob::ResetLink(job)).await {
-            tracing::error!(error = %e, "could not queue a reset link");
-            self.store
-                .run(move |c| {
-                    reset_tokens::delete(c, token_id)?;
-                    deliveries::finish(c, delivery_id, deliveries::DeliveryState::Dropped, now)
-                })
-                .await?;
-            return Err(Error::QueueUnavailable);
-        }
+        self.enqueue_or_undo(MailJob::ResetLink(job), move |c| {
+            reset_tokens::delete(c, token_id)?;
+            deliveries::finish(c, delivery_id, deliveries::DeliveryState::Dropped, now)
+        })
+        .await?;
         Ok(RecoveryStarted::EmailLink { email_masked: latchkey_core::email::mask(&user.email) })
     }
 

@@ -3,8 +3,8 @@
 
 use latchkey_core::totp::TotpSecret;
 use latchkey_core::{AuditKind, Method, MethodSet, SecretToken};
-use latchkey_store::model::{ChallengePurpose, Enrollment, NextAction, TwoFactorPolicy};
-use latchkey_store::repo::{challenges, email_codes, enrollments, sessions, tenants, users};
+use latchkey_store::model::{ChallengePurpose, NextAction, TwoFactorPolicy};
+use latchkey_store::repo::{challenges, enrollments, sessions, tenants, users};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -137,40 +137,10 @@ impl Service {
                 let who = Some(user.id.to_string());
                 match svc.check_code(c, &ch, &user, method, &code, now)? {
                     Checked::Totp { step, enroll: Some(secret), .. } => {
-                        svc.enroll_authenticator(c, &user, &secret, step, now)?;
-                        Service::audit(
-                            c,
-                            &ctx,
-                            tenant_id,
-                            who.clone(),
-                            Some(user.id),
-                            AuditKind::Enrolled,
-                            json!({"method": method}),
-                        )?;
+                        svc.enroll_authenticator(c, &ctx, &user, &secret, step)?;
                     }
                     Checked::Totp { enroll: None, .. } => {}
-                    Checked::Email { code_id } => {
-                        email_codes::mark_used(c, code_id, now)?;
-                        if !enrollments::methods_of(c, user.id)?.contains(Method::Email) {
-                            let email = Enrollment {
-                                user_id: user.id,
-                                method: Method::Email,
-                                secret_sealed: None,
-                                last_step: None,
-                                created_at: now,
-                            };
-                            enrollments::upsert(c, tenant_id, &email)?;
-                            Service::audit(
-                                c,
-                                &ctx,
-                                tenant_id,
-                                who.clone(),
-                                Some(user.id),
-                                AuditKind::Enrolled,
-                                json!({"method": method}),
-                            )?;
-                        }
-                    }
+                    Checked::Email { code_id } => svc.accept_email_code(c, &ctx, &user, &ch, code_id)?,
                     Checked::Replayed => return Ok(Err(svc.on_replay(&user, method, now))),
                     Checked::Wrong { expired } => {
                         return Ok(Err(svc.on_failure(c, &ctx, &user, method, expired)?));
