@@ -99,20 +99,35 @@ impl ConnManager {
     }
 }
 
+/// A pooled connection with a flag set when a query found it dead, so that the pool drops
+/// it instead of handing it out again.
+pub struct PooledDb {
+    /// The connection.
+    pub conn: DbConn,
+    /// Set when a query failed because the connection is gone.
+    pub broken: bool,
+}
+
 impl ManageConnection for ConnManager {
-    type Connection = DbConn;
+    type Connection = PooledDb;
     type Error = r2d2::Error;
 
-    fn connect(&self) -> Result<DbConn, r2d2::Error> {
-        self.establish().map_err(r2d2::Error::ConnectionError)
+    fn connect(&self) -> Result<PooledDb, r2d2::Error> {
+        self.establish().map(|conn| PooledDb { conn, broken: false }).map_err(r2d2::Error::ConnectionError)
     }
 
-    fn is_valid(&self, conn: &mut DbConn) -> Result<(), r2d2::Error> {
-        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
+    fn is_valid(&self, c: &mut PooledDb) -> Result<(), r2d2::Error> {
+        c.conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
     }
 
-    fn has_broken(&self, _conn: &mut DbConn) -> bool {
-        false
+    fn has_broken(&self, c: &mut PooledDb) -> bool {
+        if c.broken {
+            return true;
+        }
+        match &mut c.conn {
+            DbConn::Pg(pg) => AnsiTransactionManager::is_broken_transaction_manager(pg),
+            DbConn::Sqlite(_) => false,
+        }
     }
 }
 

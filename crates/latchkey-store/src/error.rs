@@ -34,12 +34,22 @@ impl From<DieselError> for StoreError {
             DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
                 StoreError::Conflict(info.constraint_name().unwrap_or(info.message()).to_owned())
             }
+            DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+                StoreError::Pool(format!("connection lost: {}", info.message()))
+            }
+            DieselError::BrokenTransactionManager => StoreError::Pool("connection lost mid-transaction".into()),
             other => StoreError::Db(other),
         }
     }
 }
 
 impl StoreError {
+    /// Whether the database (or the connection to it) is unavailable, rather than the query
+    /// wrong: the caller answers 503 and the connection is not reused.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Pool(_))
+    }
+
     /// Whether this is a unique-constraint conflict.
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Conflict(_))

@@ -8,19 +8,30 @@
 //! a pure rule and writes the result, so two processes on one database never exceed a limit.
 
 mod conn;
+use diesel::r2d2;
 pub mod error;
 pub mod model;
 pub mod repo;
 pub mod schema;
 
-pub use conn::{Backend, ConnManager, DbConn, Pool, connect, run_migrations, write_tx};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub use conn::{Backend, ConnManager, DbConn, Pool, PooledDb, connect, run_migrations, write_tx};
 pub use error::{StoreError, StoreResult};
 
 /// A pooled connection to the database.
+///
+/// A connection whose query fails because it is gone (a database restart, a failover, a
+/// killed backend) is dropped instead of returned to the pool, and the next checkouts test
+/// the connections they take until the pool has been swept, so one outage costs one failed
+/// request per process rather than one per pooled connection, and the store recovers as
+/// soon as the database is back.
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
     backend: Backend,
+    suspect: Arc<AtomicU32>,
 }
 
 impl std::fmt::Debug for Store {
@@ -35,7 +46,7 @@ impl Store {
     pub fn open(url: &str, pool_size: u32) -> StoreResult<Self> {
         let (backend, _) = Backend::of(url)?;
         let pool = connect(url, pool_size)?;
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, suspect: Arc::new(AtomicU32::new(0)) })
     }
 
     /// The backend in use.
@@ -43,10 +54,41 @@ impl Store {
         self.backend
     }
 
+    /// Takes a connection; while the pool is suspect (after a lost connection), tests it
+    /// first and drops it if it is dead.
+    fn checkout(&self) -> StoreResult<r2d2::PooledConnection<ConnManager>> {
+        let max = self.pool.max_size();
+        for _ in 0..=max {
+            let mut c = self.pool.get().map_err(|e| StoreError::Pool(e.to_string()))?;
+            let suspect = self.suspect.load(Ordering::Relaxed);
+            if suspect == 0 {
+                return Ok(c);
+            }
+            self.suspect.store(suspect - 1, Ordering::Relaxed);
+            use diesel::connection::SimpleConnection;
+            if c.conn.batch_execute("SELECT 1").is_ok() {
+                return Ok(c);
+            }
+            c.broken = true;
+        }
+        Err(StoreError::Pool("no live database connection".into()))
+    }
+
+    /// Runs `f` on a checked-out connection, retiring the connection if `f` found it dead.
+    fn with_conn<T>(&self, f: impl FnOnce(&mut DbConn) -> StoreResult<T>) -> StoreResult<T> {
+        let mut c = self.checkout()?;
+        let result = f(&mut c.conn);
+        if result.as_ref().err().is_some_and(StoreError::is_unavailable) {
+            c.broken = true;
+            self.suspect.store(self.pool.max_size(), Ordering::Relaxed);
+            tracing::warn!("a database connection was lost; the pool is being checked");
+        }
+        result
+    }
+
     /// Runs `f` with a pooled connection, on the current thread (CLI and tests only).
     pub fn run_blocking<T>(&self, f: impl FnOnce(&mut DbConn) -> StoreResult<T>) -> StoreResult<T> {
-        let mut conn = self.pool.get().map_err(|e| StoreError::Pool(e.to_string()))?;
-        f(&mut conn)
+        self.with_conn(f)
     }
 
     /// Runs `f` with a pooled connection on the blocking thread pool.
@@ -55,13 +97,8 @@ impl Store {
         F: FnOnce(&mut DbConn) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
     {
-        let pool = self.pool.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = pool.get().map_err(|e| StoreError::Pool(e.to_string()))?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.with_conn(f)).await.map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// Runs `f` in a [`write_tx`] on the blocking thread pool.

@@ -177,3 +177,33 @@ fn the_last_totp_step_only_moves_forward() {
         assert_eq!(stored[0].secret_sealed.as_deref(), Some(&[1u8, 2, 3][..]));
     }
 }
+
+/// A database restart (here: every connection of the database killed) costs at most one
+/// failed query, answered as unavailable, and the store then works again.
+#[test]
+fn the_store_recovers_from_lost_connections() {
+    let Ok(admin) = std::env::var("LATCHKEY_TEST_DATABASE_URL") else { return };
+    let pg = latchkey_store::testing::scratch_postgres(&admin).unwrap();
+    let store = Store::open(&pg.url, 4).unwrap();
+    let (tenant, user) = seed(&store);
+    // Fill the pool with several live connections.
+    let held: Vec<_> = (0..3).map(|_| store.clone()).collect();
+    std::thread::scope(|s| {
+        for st in &held {
+            s.spawn(|| st.run_blocking(|c| users::by_id(c, tenant, user)).unwrap());
+        }
+    });
+    let name = pg.url.rsplit('/').next().unwrap().split('?').next().unwrap().to_owned();
+    let mut killer = <diesel::PgConnection as diesel::Connection>::establish(&admin).unwrap();
+    diesel::RunQueryDsl::execute(
+        diesel::sql_query(format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")),
+        &mut killer,
+    )
+    .unwrap();
+    // The first query meets a dead connection: answered as unavailable, not as a bug.
+    let first = store.run_blocking(|c| users::by_id(c, tenant, user));
+    assert!(first.as_ref().is_err_and(StoreError::is_unavailable), "{first:?}");
+    for _ in 0..10 {
+        assert!(store.run_blocking(|c| users::by_id(c, tenant, user)).unwrap().is_some());
+    }
+}

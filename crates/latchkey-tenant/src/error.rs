@@ -105,6 +105,9 @@ pub enum Error {
     /// The job queue refused the email (503 `unavailable`).
     #[error("the mail queue is unavailable; try again")]
     QueueUnavailable,
+    /// The database is unreachable or a connection to it was lost (503 `unavailable`).
+    #[error("the database is unavailable; try again")]
+    StoreUnavailable,
     /// Anything unexpected (500 `internal`); the detail is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -112,7 +115,12 @@ pub enum Error {
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
-        Error::Internal(e.to_string())
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "database unavailable");
+            Error::StoreUnavailable
+        } else {
+            Error::Internal(e.to_string())
+        }
     }
 }
 
@@ -145,7 +153,7 @@ impl Error {
             Error::RequestNotPending => "request_not_pending",
             Error::InvalidSetupToken => "invalid_setup_token",
             Error::EmailChangeForbidden => "email_change_forbidden",
-            Error::QueueUnavailable => "unavailable",
+            Error::QueueUnavailable | Error::StoreUnavailable => "unavailable",
             Error::Internal(_) => "internal",
         }
     }
