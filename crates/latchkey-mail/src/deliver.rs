@@ -323,6 +323,12 @@ impl Deliverer {
                             }
                             return Outcome::Sent;
                         }
+                        Err(e) if e.permanent => {
+                            self.finish(id, DeliveryState::Dropped).await;
+                            self.count(kind, "failed");
+                            tracing::error!(delivery = %id, kind, error = %e, "the mail server refused the email for good");
+                            return Outcome::Failed("refused by the mail server");
+                        }
                         Err(e) => {
                             self.finish(id, DeliveryState::Pending).await;
                             self.count(kind, "retried");

@@ -59,17 +59,43 @@ impl Mailer {
     }
 
     /// Sends (or writes) `message`. The error text never contains the message.
-    pub(crate) async fn send(&self, message: Message) -> Result<Accepted, String> {
+    pub(crate) async fn send(&self, message: Message) -> Result<Accepted, SendError> {
         match self {
-            Mailer::Smtp(smtp) => smtp.send(message).await.map(|_| Accepted::Smtp).map_err(|e| e.to_string()),
+            Mailer::Smtp(smtp) => smtp.send(message).await.map(|_| Accepted::Smtp).map_err(|e| SendError {
+                // A 5xx answer, or a message the client cannot send at all (e.g. a non-ASCII
+                // address to a server without SMTPUTF8): retrying cannot help.
+                permanent: e.is_permanent() || e.is_client(),
+                reason: e.to_string(),
+            }),
             Mailer::Outbox { staging, staging_dir, dir } => {
-                let id = staging.send(message).await.map_err(|e| e.to_string())?;
+                let id = staging.send(message).await.map_err(|e| SendError::transient(e.to_string()))?;
                 let name = format!("{id}.eml");
                 let target = dir.join(&name);
-                publish(&staging_dir.join(&name), &target).await.map_err(|e| format!("outbox: {e}"))?;
+                publish(&staging_dir.join(&name), &target)
+                    .await
+                    .map_err(|e| SendError::transient(format!("outbox: {e}")))?;
                 Ok(Accepted::File(target))
             }
         }
+    }
+}
+
+/// A failed send: the reason (never the message) and whether a retry could help.
+#[derive(Debug)]
+pub(crate) struct SendError {
+    pub(crate) reason: String,
+    pub(crate) permanent: bool,
+}
+
+impl SendError {
+    fn transient(reason: String) -> Self {
+        Self { reason, permanent: false }
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
     }
 }
 

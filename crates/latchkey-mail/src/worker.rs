@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::{
-    AbortError, BackendExt, BoxDynError, Data, Event, WorkerBuilder, WorkerBuilderExt, WorkerContext, WorkerError,
+    AbortError, BackendExt, BoxDynError, Data, Event, PollSnapshot, PollStrategy, WorkerBuilder, WorkerBuilderExt,
+    WorkerContext, WorkerError,
 };
 use futures::future::{Fuse, FusedFuture, FutureExt};
 use futures::{Stream, StreamExt};
@@ -198,7 +199,7 @@ where
     match &queue.storage {
         Storage::Sqlite { storage, .. } => {
             let worker = WorkerBuilder::new(&ctx)
-                .backend(storage.clone().poll_with_interval(config.poll_interval))
+                .backend(storage.clone().poll_with_strategy(Tick::new(config.poll_interval)))
                 .data(state)
                 .concurrency(config.concurrency)
                 .build(handle_job);
@@ -206,7 +207,7 @@ where
         }
         Storage::Redis { storage, .. } => {
             let worker = WorkerBuilder::new(&ctx)
-                .backend(storage.clone().poll_with_interval(config.poll_interval))
+                .backend(storage.clone().poll_with_strategy(Tick::new(config.poll_interval)))
                 .data(state)
                 .concurrency(config.concurrency)
                 .build(handle_job);
@@ -280,4 +281,38 @@ where
         }
     }
     if shutdown.is_terminated() { End::Shutdown } else { stopping.unwrap_or(End::Failed) }
+}
+
+/// Wakes the worker every `interval` so that it looks for new jobs.
+///
+/// apalis' own `IntervalStrategy` replaces its timer when it fires without polling the new
+/// one, so no wake-up is armed: after an empty fetch the worker then sleeps until its next
+/// heartbeat (seconds), and a short-lived code can expire in the queue. This one arms the
+/// next timer at once.
+struct Tick {
+    interval: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Tick {
+    fn new(interval: Duration) -> Self {
+        Self { interval: interval.max(Duration::from_millis(1)), timer: None }
+    }
+}
+
+impl PollStrategy for Tick {
+    fn poll_drive(&mut self, cx: &mut std::task::Context<'_>, _: &PollSnapshot) -> std::task::Poll<Option<()>> {
+        let interval = self.interval;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(interval)));
+        match timer.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => {
+                let mut next = Box::pin(tokio::time::sleep(interval));
+                // Register the waker with the next timer now (it is pending).
+                let _ = next.as_mut().poll(cx);
+                self.timer = Some(next);
+                std::task::Poll::Ready(Some(()))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
 }

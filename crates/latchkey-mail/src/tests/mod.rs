@@ -265,6 +265,33 @@ async fn an_otp_job_is_delivered_with_its_code() {
     assert!(running.stop().await < Duration::from_secs(5));
 }
 
+/// After the queue has been idle (empty fetches), a new job is still picked up within a few
+/// poll intervals, not at the next heartbeat (seconds later): a short-lived code must not
+/// wait in the queue.
+#[tokio::test]
+async fn an_idle_worker_picks_up_a_new_job_promptly() {
+    let w = World::new("Acme");
+    let server = SmtpServer::start().await;
+    let queue = w.sqlite_queue().await;
+    let mut config = smtp(&server);
+    config.poll_interval = Duration::from_millis(25);
+    let running = w.start(&queue, config);
+    let mut slowest = Duration::ZERO;
+    for i in 0..12 {
+        tokio::time::sleep(Duration::from_millis(150)).await; // idle: empty fetches
+        let started = std::time::Instant::now();
+        queue.enqueue(otp(w.otp_job("Acme", &format!("{:06}", 100_000 + i), 300))).await.unwrap();
+        let deadline = started + Duration::from_secs(3);
+        while server.messages().len() <= i as usize {
+            assert!(std::time::Instant::now() < deadline, "job {i} waited more than 3 s in an idle queue");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        slowest = slowest.max(started.elapsed());
+    }
+    running.stop().await;
+    println!("slowest pickup: {slowest:?}");
+}
+
 #[tokio::test]
 async fn a_reset_link_job_is_delivered_with_a_working_link() {
     let w = World::new("Acme");
@@ -426,6 +453,25 @@ async fn a_connection_dropped_by_the_server_is_retried() {
     wait_for("the message", || server.messages().len() == 1).await;
     running.stop().await;
     assert_eq!(server.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn a_permanent_refusal_fails_without_retry() {
+    let w = World::new("Acme");
+    let server = SmtpServer::start().await;
+    server.set_reject_recipients(true);
+    let queue = w.sqlite_queue().await;
+    let job = w.otp_job("Acme", "310988", 300);
+    let delivery = job.delivery_id;
+    queue.enqueue(otp(job)).await.unwrap();
+    let running = w.start(&queue, smtp(&server));
+    wait_for("the failure", || w.jobs("otp", "failed") == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.jobs("otp", "retried"), 0, "a 5xx answer is not retried");
+    assert_eq!(server.connections(), 1);
+    assert!(server.messages().is_empty());
+    assert_eq!(w.delivery(delivery).0, DeliveryState::Dropped);
+    running.stop().await;
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 struct Inner {
     messages: Mutex<Vec<String>>,
     down: AtomicBool,
+    reject_recipients: AtomicBool,
     connections: AtomicUsize,
 }
 
@@ -75,6 +76,11 @@ impl SmtpServer {
         self.inner.down.store(down, Ordering::SeqCst);
     }
 
+    /// While set, every `RCPT TO` is answered `550` (a permanent refusal).
+    pub fn set_reject_recipients(&self, reject: bool) {
+        self.inner.reject_recipients.store(reject, Ordering::SeqCst);
+    }
+
     pub fn connections(&self) -> usize {
         self.inner.connections.load(Ordering::SeqCst)
     }
@@ -94,7 +100,9 @@ async fn session(stream: TcpStream, inner: Arc<Inner>) {
             Ok(_) => {}
         }
         let cmd = String::from_utf8_lossy(&line).trim_end().to_ascii_uppercase();
-        let reply: &[u8] = if cmd.starts_with("EHLO") {
+        let reply: &[u8] = if cmd.starts_with("RCPT") && inner.reject_recipients.load(Ordering::SeqCst) {
+            b"550 5.1.1 no such mailbox\r\n"
+        } else if cmd.starts_with("EHLO") {
             b"250-localhost\r\n250 8BITMIME\r\n"
         } else if ["HELO", "MAIL", "RCPT", "RSET", "NOOP"].iter().any(|c| cmd.starts_with(c)) {
             b"250 OK\r\n"
