@@ -83,7 +83,7 @@ impl Core {
         listener: TcpListener,
         workers: usize,
     ) -> Result<actix_web::dev::Server, StartError> {
-        let state = AppState::new(
+        let mut state = AppState::new(
             service,
             self.clock.clone(),
             self.metrics.clone(),
@@ -91,6 +91,7 @@ impl Core {
             self.config.trusted_proxies.clone(),
             self.config.signin_per_ip_per_minute,
         );
+        state.request_timeout = Duration::from_secs(self.config.request_timeout_secs.max(1));
         let limiter = state.ip_limiter.clone();
         actix_rt::spawn(async move {
             let mut every = actix_rt::time::interval(Duration::from_secs(60));

@@ -29,6 +29,23 @@ fn known_keys() -> Vec<String> {
     }
 }
 
+/// `LATCHKEY_*` variables that are not configuration keys (typos, most likely), except
+/// those other tools of the project read (`LATCHKEY_TEST_*`, `LATCHKEY_ADMIN_PASSWORD`, the
+/// acceptance test's `LATCHKEY_BIN` and `LATCHKEY_ACCEPT_VENV`).
+pub fn unknown_variables() -> Vec<String> {
+    let keys = known_keys();
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("LATCHKEY_"))
+        .filter(|k| {
+            let key = k.trim_start_matches("LATCHKEY_");
+            !keys.iter().any(|known| known.eq_ignore_ascii_case(key))
+                && !key.starts_with("TEST_")
+                && !["ADMIN_PASSWORD", "BIN", "ACCEPT_VENV"].contains(&key)
+        })
+        .collect()
+}
+
 /// Loads the configuration: defaults, then `file` (default `latchkey.toml` if present), then
 /// the environment (`LATCHKEY_<KEY>`; other `LATCHKEY_*` variables, such as the test
 /// settings, are ignored).
@@ -82,6 +99,7 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
         ("LATCHKEY_SESSION_TTL_SECS", c.session_ttl_secs),
         ("LATCHKEY_SIGNIN_WINDOW_SECS", c.signin_window_secs),
         ("LATCHKEY_TENANT_IDLE_SECS", c.tenant_idle_secs),
+        ("LATCHKEY_REQUEST_TIMEOUT_SECS", c.request_timeout_secs),
     ] {
         if value == 0 {
             return Err(bad(key, "must be greater than 0"));
@@ -106,8 +124,26 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
         .map_err(|e| bad("LATCHKEY_DATA_DIR", format!("{} is not writable: {e}", c.data_dir.display())))
 }
 
+/// Creates the data directory if needed (mode 0700: it holds the database, the key and the
+/// outbox of sent codes) and checks that it is writable. An existing directory keeps its
+/// mode; a warning says when others can read it.
 fn ensure_writable(dir: &Path) -> std::io::Result<()> {
-    fs::create_dir_all(dir)?;
+    if !dir.exists() {
+        fs::create_dir_all(dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
+    } else {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if fs::metadata(dir)?.permissions().mode() & 0o007 != 0 {
+                eprintln!("latchkey: warning: the data directory {} is accessible to other users", dir.display());
+            }
+        }
+    }
     let probe = dir.join(format!(".latchkey-write-test-{}", std::process::id()));
     fs::File::create(&probe)?.write_all(b"ok")?;
     fs::remove_file(&probe)

@@ -7,7 +7,7 @@
 //! - `latchkey tenant create` creates a tenant and its first admin;
 //! - `latchkey config` prints the effective configuration (secrets redacted).
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,6 +88,9 @@ fn main() -> ExitCode {
         }
     };
     logging::init(config.log_format);
+    for unknown in config::unknown_variables() {
+        tracing::warn!(variable = %unknown, "ignoring an environment variable that is not a configuration key");
+    }
     let result = actix_rt::System::new().block_on(run(cli.command, config));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,15 +102,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// One-shot commands use a single connection: the pool then never opens connections in the
+/// background, which could still be handshaking (libpq + OpenSSL) when the process exits.
+fn one_connection(mut config: Config) -> Config {
+    config.db_pool_size = 1;
+    config
+}
+
 async fn run(command: Command, config: Config) -> Result<(), StartError> {
     match command {
         Command::Config => {
-            println!("{config:#?}");
+            // A closed pipe (`latchkey config | head`) is not an error.
+            let _ = writeln!(std::io::stdout(), "{:#?}", config.effective());
             Ok(())
         }
         Command::Migrate => {
-            Core::open(config, Arc::new(SystemClock))?;
-            println!("migrations are up to date");
+            Core::open(one_connection(config), Arc::new(SystemClock))?;
+            let _ = writeln!(std::io::stdout(), "migrations are up to date");
             Ok(())
         }
         Command::Tenant {
@@ -122,7 +133,7 @@ async fn run(command: Command, config: Config) -> Result<(), StartError> {
                     StartError::Other("give the password with --admin-password-stdin or LATCHKEY_ADMIN_PASSWORD".into())
                 })?
             });
-            let core = Core::open(config, Arc::new(SystemClock))?;
+            let core = Core::open(one_connection(config), Arc::new(SystemClock))?;
             let service = core.service(Arc::new(MemoryOutbox::default()), Arbiter::current())?;
             let ctx = RequestCtx::at(core.clock.now());
             let admin = NewUser {
@@ -133,7 +144,14 @@ async fn run(command: Command, config: Config) -> Result<(), StartError> {
             };
             let (tenant, user) =
                 service.create_tenant(&ctx, &slug, &name, admin).await.map_err(|e| StartError::Other(e.to_string()))?;
-            println!("created tenant {} ({}) with admin {} ({})", tenant.slug, tenant.id, user.email, user.id);
+            let _ = writeln!(
+                std::io::stdout(),
+                "created tenant {} ({}) with admin {} ({})",
+                tenant.slug,
+                tenant.id,
+                user.email,
+                user.id
+            );
             Ok(())
         }
         Command::Serve { no_worker, http_workers } => serve(config, !no_worker, http_workers).await,

@@ -186,3 +186,22 @@ async fn names_and_own_email() {
     assert_eq!(app.get_as(&other, "/api/v1/me").await.status, 401);
     assert_eq!(app.login(&t, "boss@x.test").await.status, 200);
 }
+
+#[actix_rt::test]
+async fn an_admin_changing_their_own_email_through_agents_gives_the_password() {
+    let app = TestApp::spawn(Db::Sqlite, |_| {}).await;
+    let t = slug("acme");
+    let me = app.tenant(&t).await;
+    let a = app.token(&t, &admin(&t)).await;
+    let r = app.patch_as(&a, &format!("/api/v1/agents/{me}"), json!({"email": "boss@x.test"})).await;
+    assert_eq!((r.status, r.code()), (400, "invalid_request"), "{r:?}");
+    let r = app
+        .patch_as(&a, &format!("/api/v1/agents/{me}"), json!({"email": "boss@x.test", "password": "wrong wrong"}))
+        .await;
+    assert_eq!(r.code(), "invalid_password");
+    let r =
+        app.patch_as(&a, &format!("/api/v1/agents/{me}"), json!({"email": "boss@x.test", "password": PASSWORD})).await;
+    assert_eq!((r.status, r.s("email")), (200, "boss@x.test".into()));
+    // Renaming oneself needs nothing more.
+    assert_eq!(app.patch_as(&a, &format!("/api/v1/agents/{me}"), json!({"name": "Boss"})).await.status, 200);
+}

@@ -73,6 +73,12 @@ fn migrate_and_tenant_create() {
     {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        let data = dir.path().join("data");
+        assert_eq!(
+            std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+            0o700,
+            "the data directory is private"
+        );
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
         .args([

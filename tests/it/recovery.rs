@@ -209,6 +209,7 @@ async fn the_audit_log_filters_and_pages() {
     let kind = app.get_as(&a, "/api/v1/audit-events?kind=signed_in").await;
     assert!(kind.body["items"].as_array().unwrap().iter().all(|e| e["kind"] == "signed_in"));
     assert_eq!(app.get_as(&a, "/api/v1/audit-events?kind=nope").await.status, 400);
+    assert_eq!(app.get_as(&a, "/api/v1/audit-events?cursor=zzz").await.code(), "invalid_request");
     assert_eq!(app.get_as(&a, "/api/v1/audit-events?since=yesterday").await.status, 400);
     let later = (app.clock.now_utc() + chrono::Duration::seconds(1)).to_rfc3339();
     let none = app.get_as(&a, &format!("/api/v1/audit-events?since={}", later.replace('+', "%2B"))).await;

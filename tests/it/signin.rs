@@ -125,6 +125,16 @@ async fn too_many_wrong_passwords_refuse_even_the_right_one_until_the_window_pas
         }
         let r = app.post("/api/v1/auth", json!({"tenant": t, "email": "GHOST@x.test", "password": "x"})).await;
         assert_eq!(r.status, 429);
+        // And for a tenant that does not exist: the same answers, so a 429 reveals nothing.
+        for _ in 0..10 {
+            let r = app
+                .post("/api/v1/auth", json!({"tenant": "no-such-tenant", "email": "a@x.test", "password": "x"}))
+                .await;
+            assert_eq!(r.code(), "invalid_credentials");
+        }
+        let r =
+            app.post("/api/v1/auth", json!({"tenant": "no-such-tenant", "email": "A@x.test", "password": "x"})).await;
+        assert_eq!((r.status, r.header("retry-after").as_deref()), (429, Some("900")));
         app.clock.advance_secs(900);
         assert_eq!(app.login(&t, &admin(&t)).await.status, 200);
         app.stop().await;
@@ -251,4 +261,38 @@ async fn recovery_requests_record_the_forwarded_client() {
     assert_eq!(r.status, 202);
     assert_eq!(r.body["request"]["ip"], "203.0.113.7");
     assert_eq!(r.body["request"]["user_agent"], "Agent Browser/1.0");
+}
+
+#[actix_rt::test]
+async fn the_per_ip_limiter_sees_through_percent_encoding_and_covers_operator_endpoints() {
+    let app = TestApp::spawn(Db::Sqlite, |c| c.signin_per_ip_per_minute = 2).await;
+    let body = || Some(json!({"tenant": "nope", "email": "a@b.co", "password": "x"}));
+    assert_eq!(app.call("POST", "/api/v1/auth", body(), None).await.status, 401);
+    assert_eq!(app.call("POST", "/api/v1/%61uth", body(), None).await.status, 401, "routes like /api/v1/auth");
+    let r = app.call("POST", "/api/v1/%61uth", body(), None).await;
+    assert_eq!((r.status, r.code()), (429, "rate_limited"));
+    let r = app.call("POST", "/api/v1/tenants", Some(json!({})), Some("wrong-operator-token")).await;
+    assert_eq!(r.status, 429, "operator endpoints share the budget");
+}
+
+#[actix_rt::test]
+async fn a_request_that_withholds_its_body_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn(Db::Sqlite, |c| c.request_timeout_secs = 1).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /api/v1/auth HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(head.contains("request_timeout"), "{head}");
 }

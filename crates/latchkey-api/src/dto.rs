@@ -586,7 +586,7 @@ impl std::fmt::Debug for CreateAgentRequest {
 }
 
 /// `PATCH /api/v1/agents/{id}` body.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct UpdateAgentRequest {
     /// New email.
     pub email: Option<String>,
@@ -594,6 +594,18 @@ pub struct UpdateAgentRequest {
     pub name: Option<String>,
     /// New role.
     pub role: Option<RoleDto>,
+    /// The acting admin's password: required when an admin changes their own email here.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for UpdateAgentRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateAgentRequest")
+            .field("email", &self.email)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A page of users.

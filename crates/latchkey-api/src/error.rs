@@ -51,6 +51,7 @@ pub const CODES: &[(&str, u16)] = &[
     ("email_change_forbidden", 403),
     ("not_found", 404),
     ("http_method_not_allowed", 405),
+    ("request_timeout", 408),
     ("tenant_exists", 409),
     ("email_taken", 409),
     ("already_enrolled", 409),
@@ -90,6 +91,9 @@ pub enum ApiError {
     /// The route exists but not for this HTTP method (405).
     #[error("this resource does not accept that HTTP method")]
     HttpMethodNotAllowed,
+    /// The request took longer than the request timeout (408 `request_timeout`).
+    #[error("the request took too long")]
+    RequestTimeout,
     /// A dependency is down (503 `unavailable`).
     #[error("{0}")]
     Unavailable(String),
@@ -104,6 +108,7 @@ impl ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::HttpMethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "http_method_not_allowed"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Domain(e) => (domain_status(e), e.code()),
         }
     }
@@ -166,7 +171,7 @@ fn domain_status(e: &Domain) -> StatusCode {
         Domain::RateLimited { .. } | Domain::ResendTooSoon { .. } | Domain::SendLimitReached { .. } => {
             StatusCode::TOO_MANY_REQUESTS
         }
-        Domain::QueueUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Domain::QueueUnavailable | Domain::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         Domain::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -233,6 +238,7 @@ mod tests {
             Domain::InvalidSetupToken,
             Domain::EmailChangeForbidden,
             Domain::QueueUnavailable,
+            Domain::StoreUnavailable,
             Domain::Internal(String::new()),
         ];
         for e in samples {

@@ -168,6 +168,7 @@ pub fn app(
     .split_for_parts();
     app.service(SwaggerUi::new("/docs/{_:.*}").url("/api/v1/openapi.json", doc))
         .default_service(web::to(unrouted))
+        .wrap(from_fn(middleware::request_timeout))
         .wrap(from_fn(middleware::ip_limit))
         .wrap(ErrorHandlers::new().default_handler(middleware::problem_for_any_error))
         .wrap(DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))

@@ -15,9 +15,17 @@ use crate::error::{ApiError, PROBLEM_JSON, problem_response};
 use crate::extract::client_ip;
 use crate::state::AppState;
 
-/// Whether a path is served without a session (and so behind the per-IP limiter).
+/// Whether a path is served without a session (sign-in and its second step, the reset
+/// page, the operator endpoints) and so behind the per-IP limiter. The path is compared
+/// percent-decoded, as the router matches it, so `/api/v1/%61uth` is limited too.
 pub fn is_unauthenticated(path: &str) -> bool {
-    path == "/api/v1/auth" || path.starts_with("/api/v1/auth/") || path == "/reset-otp"
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let path = decoded.as_ref();
+    path == "/api/v1/auth"
+        || path.starts_with("/api/v1/auth/")
+        || path == "/reset-otp"
+        || path == "/api/v1/tenants"
+        || path.starts_with("/api/v1/tenants/")
 }
 
 /// The global per-client-IP limiter (`LATCHKEY_SIGNIN_PER_IP_PER_MINUTE`): runs before any
@@ -35,6 +43,21 @@ pub async fn ip_limit(
         return Err(ApiError::Domain(latchkey_tenant::Error::RateLimited { retry_after }).into());
     }
     next.call(req).await
+}
+
+/// Bounds the time a request may take, body included (a client that sends its headers and
+/// then trickles or withholds the body is cut off): 408 `request_timeout` after
+/// `LATCHKEY_REQUEST_TIMEOUT_SECS`.
+pub async fn request_timeout(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let limit =
+        req.app_data::<web::Data<AppState>>().map_or(std::time::Duration::from_secs(30), |st| st.request_timeout);
+    match tokio::time::timeout(limit, next.call(req)).await {
+        Ok(res) => res,
+        Err(_) => Err(ApiError::RequestTimeout.into()),
+    }
 }
 
 /// Logs one line per request (method, route pattern, status, latency, request id) inside a

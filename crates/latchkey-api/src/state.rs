@@ -25,6 +25,8 @@ pub struct AppState {
     pub trusted_proxies: Arc<Vec<IpNet>>,
     /// The global per-client-IP limiter of unauthenticated endpoints.
     pub ip_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Longest time a request may take, body included.
+    pub request_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for AppState {
@@ -51,6 +53,7 @@ impl AppState {
             operator_token,
             trusted_proxies: Arc::new(trusted_proxies),
             ip_limiter: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
+            request_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -112,6 +112,8 @@ pub struct Config {
     pub db_pool_size: u32,
     /// Time given to in-flight requests and jobs on SIGTERM (default 30).
     pub shutdown_timeout_secs: u64,
+    /// Longest time one request may take, body included; then 408 (default 30).
+    pub request_timeout_secs: u64,
     /// Log format: `text` or `json` (default `text`).
     pub log_format: LogFormat,
     /// argon2id memory cost in KiB (default 19456).
@@ -157,6 +159,7 @@ impl Default for Config {
             worker_concurrency: 16,
             db_pool_size: 16,
             shutdown_timeout_secs: 30,
+            request_timeout_secs: 30,
             log_format: LogFormat::Text,
             argon2_memory_kib: pw.memory_kib,
             argon2_iterations: pw.iterations,
@@ -264,6 +267,35 @@ impl Default for Limits {
     }
 }
 
+/// `url` with the password of its user info replaced by `***`
+/// (`postgres://u:secret@h/db` → `postgres://u:***@h/db`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            format!("{scheme}://{masked}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl Config {
+    /// The configuration as in force: derived defaults filled in (database URL, public
+    /// URL), passwords in URLs masked, keys and tokens redacted — for `latchkey config`.
+    pub fn effective(&self) -> Config {
+        let mut c = self.clone();
+        c.database_url = Some(redact_url(&self.database_url()));
+        c.public_url = Some(self.public_url());
+        c.queue_url = self.queue_url.as_deref().map(redact_url);
+        c.smtp_url = self.smtp_url.as_deref().map(redact_url);
+        c
+    }
+}
+
 /// Accepts a string or a number (an environment value such as `12345` arrives as a number).
 fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     #[derive(Deserialize)]
@@ -327,6 +359,18 @@ mod tests {
         assert_eq!(l.session_ttl, Duration::hours(12));
         assert_eq!(l.signin_max_failures, 10);
         assert_eq!(l.step_up, Duration::minutes(5));
+    }
+
+    #[test]
+    fn url_passwords_are_masked() {
+        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact_url("redis://:pw@h/0"), "redis://:***@h/0");
+        assert_eq!(redact_url("smtp://user@h:25"), "smtp://user@h:25");
+        assert_eq!(redact_url("sqlite://./data/x.db"), "sqlite://./data/x.db");
+        assert_eq!(redact_url("smtps://a:b@c@h"), "smtps://a:***@h");
+        let c = Config { smtp_url: Some("smtp://u:hunter2@h".into()), ..Config::default() };
+        let shown = format!("{:?}", c.effective());
+        assert!(!shown.contains("hunter2") && shown.contains("sqlite://./data/latchkey.db"), "{shown}");
     }
 
     #[test]

@@ -66,7 +66,8 @@ pub async fn create(
 }
 
 /// Changes a user's email, name or role. Email changes and promotions to admin need a
-/// recent second factor; a tenant keeps at least one admin.
+/// recent second factor; an admin changing their own email also gives `password`; a
+/// tenant keeps at least one admin.
 #[utoipa::path(
     tag = "agents",
     security(("bearer" = [])),
@@ -75,7 +76,7 @@ pub async fn create(
     responses(
         (status = 200, description = "The user", body = UserDto),
         (status = 400, description = "`invalid_request`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthenticated`, `invalid_password`", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`, `step_up_required`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`email_taken`, `last_admin`", body = Problem, content_type = "application/problem+json"),
@@ -89,7 +90,8 @@ pub async fn update(
     body: web::Json<UpdateAgentRequest>,
 ) -> ApiResult<HttpResponse> {
     let body = body.into_inner();
-    let changes = UserChanges { email: body.email, name: body.name, role: body.role.map(Into::into) };
+    let changes =
+        UserChanges { email: body.email, name: body.name, role: body.role.map(Into::into), password: body.password };
     let user = st.service.update_user(&authed.ctx, &authed.auth, user_id(&id)?, changes).await?;
     Ok(json(StatusCode::OK, &UserDto::from(&user)))
 }

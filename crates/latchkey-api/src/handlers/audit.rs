@@ -39,7 +39,14 @@ pub async fn list(st: web::Data<AppState>, authed: Authed, q: web::Query<AuditQu
         .map(|k| k.parse::<AuditKind>().map_err(|_| ApiError::InvalidRequest(format!("unknown kind `{k}`"))))
         .transpose()?;
     let filter = AuditFilter { since, kind, subject_id: q.subject_id.clone() };
-    let events = st.service.audit_events(&authed.auth, filter, q.cursor.clone(), limit + 1).await?;
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<latchkey_core::AuditEventId>().map_err(|_| ApiError::InvalidRequest("invalid cursor".into()))
+        })
+        .transpose()?;
+    let events = st.service.audit_events(&authed.auth, filter, cursor.map(|c| c.to_string()), limit + 1).await?;
     let (events, next_cursor) = paginate(events, limit, |e| e.id.to_string());
     Ok(json(StatusCode::OK, &AuditPage { items: events.iter().map(AuditEventDto::from).collect(), next_cursor }))
 }

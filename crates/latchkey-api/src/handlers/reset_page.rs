@@ -67,11 +67,25 @@ pub async fn show(q: web::Query<TokenQuery>) -> HttpResponse {
 #[utoipa::path(
     tag = "second factor",
     request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "`token=…`"),
-    responses((status = 200, description = "Reset done", body = String, content_type = "text/html"), (status = 401, description = "Invalid or used link", body = String, content_type = "text/html"))
+    responses(
+        (status = 200, description = "Reset done", body = String, content_type = "text/html"),
+        (status = 401, description = "Invalid or used link", body = String, content_type = "text/html"),
+        (status = 413, description = "Form over 1 MiB", body = String, content_type = "text/html"),
+    )
 )]
 #[post("/reset-otp")]
-pub async fn submit(st: web::Data<AppState>, ctx: Ctx, form: Option<web::Form<TokenQuery>>) -> HttpResponse {
-    let token = form.and_then(|f| f.into_inner().token).unwrap_or_default();
+pub async fn submit(
+    st: web::Data<AppState>,
+    ctx: Ctx,
+    form: Result<web::Form<TokenQuery>, actix_web::Error>,
+) -> HttpResponse {
+    let token = match form {
+        Ok(f) => f.into_inner().token.unwrap_or_default(),
+        Err(e) if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return page(StatusCode::PAYLOAD_TOO_LARGE, "<h1>Request too large</h1>");
+        }
+        Err(_) => String::new(),
+    };
     match st.service.reset_with_link(&ctx.0, &token).await {
         Ok(()) => page(StatusCode::OK, "<h1>Two-factor authentication reset</h1><p>Sign in again to set it up.</p>"),
         Err(latchkey_tenant::Error::InvalidToken) => page(

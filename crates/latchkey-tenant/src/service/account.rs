@@ -24,7 +24,7 @@ pub struct NewUser {
 }
 
 /// Changes to a user; `None` leaves a field as it is.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct UserChanges {
     /// New email address.
     pub email: Option<String>,
@@ -32,6 +32,19 @@ pub struct UserChanges {
     pub name: Option<String>,
     /// New role.
     pub role: Option<Role>,
+    /// The acting admin's password: required when the admin changes their own email here,
+    /// as on `PATCH /api/v1/me`.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for UserChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserChanges")
+            .field("email", &self.email)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
 }
 
 fn conflict_as(e: StoreError, err: Error) -> Error {
@@ -300,6 +313,14 @@ impl Service {
         let name = changes.name.as_deref().map(clean_name).transpose()?;
         if email.is_some() || changes.role == Some(Role::Admin) {
             self.require_step_up(auth, ctx.now)?;
+        }
+        if id == auth.user.id && email.as_ref().is_some_and(|e| *e != auth.user.email) {
+            // The admin's own address: the same rule as `PATCH /api/v1/me`.
+            let password = changes
+                .password
+                .as_deref()
+                .ok_or_else(|| Error::InvalidRequest("password is required to change your own email".into()))?;
+            self.confirm_password(ctx, &auth.user, password).await?;
         }
         let svc = self.clone();
         let ctx = ctx.clone();

@@ -104,6 +104,9 @@ pub struct Service {
     /// One permit per core: at most that many argon2 computations run at once (see
     /// [`Service::check_password`]).
     hashing: Arc<tokio::sync::Semaphore>,
+    /// Wrong passwords for tenant slugs that do not exist, counted like real ones (in this
+    /// process) so that a 429 does not reveal which tenants exist.
+    unknown_tenants: Arc<std::sync::Mutex<std::collections::HashMap<String, SigninThrottle>>>,
     limits: Limits,
     outbox: Arc<dyn Outbox>,
     metrics: Metrics,
@@ -129,7 +132,7 @@ impl Service {
     ) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let hashing = Arc::new(tokio::sync::Semaphore::new(cores));
-        Self { store, keys, hasher, hashing, limits, outbox, metrics, registry }
+        Self { store, keys, hasher, hashing, unknown_tenants: Arc::default(), limits, outbox, metrics, registry }
     }
 
     /// The store (for readiness checks and housekeeping).
@@ -246,6 +249,28 @@ impl Service {
             Some(until) => Err(Error::RateLimited { retry_after: latchkey_core::otp::seconds_until(until, now) }),
             None => Ok(()),
         }
+    }
+
+    /// Counts one password attempt for a tenant slug that does not exist, under the same rule
+    /// as real ones, so that unknown tenants answer exactly like known ones (10 × 401, then
+    /// 429). Kept in memory: there is nothing to protect, only an oracle to close. At most
+    /// [`UNKNOWN_TENANT_KEYS`] keys are kept; beyond that, expired ones are dropped first.
+    fn reserve_unknown_tenant_attempt(&self, slug: &str, email: &str, now: DateTime<Utc>) -> Result<()> {
+        let key = self.keys.label_hash(&format!("{slug}\u{0}{email}"));
+        let mut map = self.unknown_tenants.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = map.get(&key).copied();
+        if let Err(until) = SigninThrottle::check(state, now, &self.limits) {
+            return Err(Error::RateLimited { retry_after: latchkey_core::otp::seconds_until(until, now) });
+        }
+        if map.len() >= UNKNOWN_TENANT_KEYS && !map.contains_key(&key) {
+            let window = self.limits.signin_window;
+            map.retain(|_, s| s.window_started_at + window > now);
+            if map.len() >= UNKNOWN_TENANT_KEYS {
+                map.clear();
+            }
+        }
+        map.insert(key, SigninThrottle::fail(state, now, &self.limits));
+        Ok(())
     }
 
     /// Re-checks a signed-in user's password (for sensitive actions), under the same
@@ -388,6 +413,9 @@ impl Service {
         latchkey_store::repo::audit::insert_all(conn, &events)
     }
 }
+
+/// Most unknown-tenant sign-in keys kept in memory.
+pub const UNKNOWN_TENANT_KEYS: usize = 100_000;
 
 /// Validates and normalises a display name: trimmed, 1 to 200 characters, no control
 /// characters.

@@ -60,6 +60,7 @@ impl Service {
     pub async fn sign_in(&self, ctx: &RequestCtx, tenant_slug: &str, email: &str, password: &str) -> Result<SignIn> {
         let email = latchkey_core::email::normalize(email);
         let Some(tenant) = self.registry.enter_slug(tenant_slug).await? else {
+            self.reserve_unknown_tenant_attempt(tenant_slug, &email, ctx.now)?;
             self.check_password(password, None).await?;
             return Err(Error::InvalidCredentials);
         };
