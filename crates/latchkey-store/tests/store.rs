@@ -207,3 +207,128 @@ fn the_store_recovers_from_lost_connections() {
         assert!(store.run_blocking(|c| users::by_id(c, tenant, user)).unwrap().is_some());
     }
 }
+
+/// The one-statement TOTP sign-in on Postgres: every write or none. A refused statement
+/// (replayed step, blocked user, ended challenge) leaves the step, the challenge, the
+/// counters, the sessions and the audit log as they were; two codes of different steps on
+/// one challenge in parallel sign in once. SQLite answers `Unsupported`.
+#[test]
+fn a_totp_sign_in_commits_every_write_or_none() {
+    use latchkey_core::{AuditEventId, AuditKind, ChallengeId, MethodSet, SessionId};
+    use latchkey_store::model::{AuditEvent, Challenge, ChallengePurpose, NextAction, Session};
+    use latchkey_store::repo::audit::{self, AuditFilter};
+    use latchkey_store::repo::totp_sign_in::{self, TotpSignIn, TotpSignInOutcome};
+    use latchkey_store::repo::{Page, challenges, sessions};
+
+    fn attempt(store: &Store, tenant: TenantId, user: UserId, challenge: ChallengeId, step: i64) -> TotpSignInOutcome {
+        let session = Session {
+            id: SessionId::new(),
+            tenant_id: tenant,
+            user_id: user,
+            created_at: now(),
+            expires_at: now() + chrono::Duration::hours(8),
+            second_factor_at: Some(now()),
+        };
+        let audit = [AuditKind::Verified, AuditKind::SignedIn].map(|kind| AuditEvent {
+            id: AuditEventId::new(),
+            tenant_id: tenant,
+            at: now(),
+            actor_id: Some(user.to_string()),
+            subject_id: Some(user.to_string()),
+            kind,
+            ip: Some("192.0.2.1".into()),
+            user_agent: None,
+            detail: serde_json::json!({"method": "authenticator"}),
+        });
+        let hash = session.id.to_string().into_bytes();
+        let s = TotpSignIn { user, challenge, step, session: &session, session_token_hash: &hash, audit: &audit };
+        store.run_blocking(|c| totp_sign_in::commit(c, &s)).unwrap()
+    }
+    fn open_challenge(store: &Store, tenant: TenantId, user: UserId) -> ChallengeId {
+        let ch = Challenge {
+            id: ChallengeId::new(),
+            tenant_id: tenant,
+            user_id: user,
+            purpose: ChallengePurpose::SignIn,
+            next: NextAction::Verify,
+            methods: MethodSet::from_iter([Method::Authenticator]),
+            session_id: None,
+            pending_secret: None,
+            created_at: now(),
+            expires_at: now() + chrono::Duration::minutes(10),
+            ended_at: None,
+        };
+        store.run_blocking(|c| challenges::insert(c, &ch, ch.id.to_string().as_bytes())).unwrap();
+        ch.id
+    }
+    fn audit_count(store: &Store, tenant: TenantId) -> usize {
+        let page = Page { after: None, limit: 100 };
+        store.run_blocking(|c| audit::list(c, tenant, &AuditFilter::default(), page)).unwrap().len()
+    }
+    fn last_step(store: &Store, user: UserId) -> Option<i64> {
+        store.run_blocking(|c| enrollments::for_user(c, user)).unwrap()[0].last_step
+    }
+
+    for Scratch { store, .. } in stores() {
+        let (tenant, user) = seed(&store);
+        let en = Enrollment {
+            user_id: user,
+            method: Method::Authenticator,
+            secret_sealed: Some(vec![1]),
+            last_step: Some(100),
+            created_at: now(),
+        };
+        store.run_blocking(|c| enrollments::upsert(c, tenant, &en)).unwrap();
+        let challenge = open_challenge(&store, tenant, user);
+        if store.backend() == Backend::Sqlite {
+            assert_eq!(attempt(&store, tenant, user, challenge, 101), TotpSignInOutcome::Unsupported);
+            continue;
+        }
+        let failures = OtpLockout { failures: 3, blocked_until: None };
+        store.run_blocking(|c| users::set_lockout(c, user, failures)).unwrap();
+
+        // A replayed step: nothing written.
+        assert_eq!(attempt(&store, tenant, user, challenge, 100), TotpSignInOutcome::Refused);
+        let u = store.run_blocking(|c| users::by_id(c, tenant, user)).unwrap().unwrap();
+        assert_eq!((u.lockout.failures, u.preferred), (3, None));
+        assert!(store.run_blocking(|c| challenges::by_id(c, challenge)).unwrap().unwrap().ended_at.is_none());
+        assert_eq!(audit_count(&store, tenant), 0);
+
+        // A blocked user: nothing written, the step is not used up.
+        let blocked = OtpLockout { failures: 0, blocked_until: Some(now() + chrono::Duration::minutes(5)) };
+        store.run_blocking(|c| users::set_lockout(c, user, blocked)).unwrap();
+        assert_eq!(attempt(&store, tenant, user, challenge, 101), TotpSignInOutcome::Refused);
+        assert_eq!(last_step(&store, user), Some(100));
+        store.run_blocking(|c| users::set_lockout(c, user, failures)).unwrap();
+
+        // Accepted: the step moves, the challenge ends, the counter clears, the session and
+        // both audit events exist.
+        assert_eq!(attempt(&store, tenant, user, challenge, 101), TotpSignInOutcome::Committed);
+        assert_eq!(last_step(&store, user), Some(101));
+        let u = store.run_blocking(|c| users::by_id(c, tenant, user)).unwrap().unwrap();
+        assert_eq!((u.lockout, u.preferred), (OtpLockout::default(), Some(Method::Authenticator)));
+        assert_eq!(store.run_blocking(|c| challenges::by_id(c, challenge)).unwrap().unwrap().ended_at, Some(now()));
+        assert_eq!(audit_count(&store, tenant), 2);
+
+        // The challenge is used up: a later step on it writes nothing.
+        assert_eq!(attempt(&store, tenant, user, challenge, 102), TotpSignInOutcome::Refused);
+        assert_eq!(last_step(&store, user), Some(101));
+        assert_eq!(audit_count(&store, tenant), 2);
+
+        // Parallel codes of different steps on one new challenge: one sign-in.
+        for round in 0..5_i64 {
+            let challenge = open_challenge(&store, tenant, user);
+            let threads: Vec<_> = (0..4_i64)
+                .map(|i| {
+                    let store = store.clone();
+                    std::thread::spawn(move || attempt(&store, tenant, user, challenge, 200 + round * 10 + i))
+                })
+                .collect();
+            let outcomes: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            let committed = outcomes.iter().filter(|o| **o == TotpSignInOutcome::Committed).count();
+            assert_eq!(committed, 1, "{outcomes:?}");
+        }
+        let sessions_left = store.run_blocking(|c| sessions::delete_for_user(c, user, None)).unwrap();
+        assert_eq!(sessions_left, 1 + 5);
+    }
+}

@@ -11,6 +11,7 @@ pub mod reset_tokens;
 pub mod sessions;
 pub mod signin;
 pub mod tenants;
+pub mod totp_sign_in;
 pub mod users;
 
 /// A page of a list: at most `limit` items after the `after` cursor (an id).

@@ -17,6 +17,7 @@ use latchkey_store::model::{
     Challenge, ChallengePurpose, EmailCode, Enrollment, NextAction, RecoveryRequest, RecoveryStatus, ResetToken,
     Tenant, User,
 };
+use latchkey_store::repo::totp_sign_in::{self, TotpSignIn, TotpSignInOutcome};
 use latchkey_store::repo::{challenges, deliveries, email_codes, enrollments, recovery, reset_tokens, users};
 use latchkey_store::{DbConn, StoreError, StoreResult};
 use serde_json::json;
@@ -177,10 +178,7 @@ impl Service {
                 let Some(enrollment) = all.into_iter().find(|e| e.method == Method::Authenticator) else {
                     return Ok(Checked::NoAuthenticator);
                 };
-                let sealed = enrollment.secret_sealed.as_deref().ok_or(StoreError::Corrupt("totp secret"))?;
-                let bytes =
-                    self.keys.open(sealed, &enrolled_aad(user.id)).map_err(|_| StoreError::Corrupt("totp secret"))?;
-                let secret = TotpSecret::from_bytes(&bytes).map_err(|_| StoreError::Corrupt("totp secret"))?;
+                let secret = self.enrolled_secret(&enrollment)?;
                 Ok(match totp::check(&secret, code, now, enrollment.last_step) {
                     TotpCheck::Accepted { step } => {
                         if enrollments::advance_last_step(conn, user.id, step)? {
@@ -204,6 +202,16 @@ impl Service {
                 })
             }
         }
+    }
+
+    /// The TOTP secret of an authenticator enrollment, opened with the server key.
+    fn enrolled_secret(&self, enrollment: &Enrollment) -> StoreResult<TotpSecret> {
+        let sealed = enrollment.secret_sealed.as_deref().ok_or(StoreError::Corrupt("totp secret"))?;
+        let bytes = self
+            .keys
+            .open(sealed, &enrolled_aad(enrollment.user_id))
+            .map_err(|_| StoreError::Corrupt("totp secret"))?;
+        TotpSecret::from_bytes(&bytes).map_err(|_| StoreError::Corrupt("totp secret"))
     }
 
     /// Counts a refused code: the lockout moves, the audit log and metrics record it, and the
@@ -517,6 +525,13 @@ impl Service {
         if !allowed.contains(method) || (method == Method::Authenticator && loc.challenge.next == NextAction::Enroll) {
             return Err(Error::MethodNotAllowed);
         }
+        if method == Method::Authenticator
+            && loc.challenge.pending_secret.is_none()
+            && loc.user.lockout.blocked(ctx.now).is_none()
+            && let Some(issued) = self.verify_totp_at_once(ctx, &loc, code).await?
+        {
+            return Ok(issued);
+        }
         let svc = self.clone();
         let ctx = ctx.clone();
         let code = Zeroizing::new(code.to_owned());
@@ -565,6 +580,65 @@ impl Service {
                 Ok(Ok(IssuedSession { token, expires_at: session.expires_at, user: view }))
             })
             .await?
+    }
+
+    /// The common case of [`verify`](Self::verify) on Postgres, in three round trips instead
+    /// of about ten: reads the authenticator enrollment, checks the code (RFC 6238, ±1 step,
+    /// above the last accepted step) and commits the whole sign-in in one statement
+    /// ([`totp_sign_in::commit`]). `None` when the code is not accepted, the statement refused
+    /// (blocked user, ended challenge, replayed step) or the store is SQLite: the portable
+    /// path then decides, under the user's lock, and counts a wrong code.
+    async fn verify_totp_at_once(&self, ctx: &RequestCtx, loc: &Located, code: &str) -> Result<Option<IssuedSession>> {
+        let svc = self.clone();
+        let ctx = ctx.clone();
+        let code = Zeroizing::new(code.to_owned());
+        let mut user = loc.user.clone();
+        let challenge = loc.challenge.id;
+        let issued = self
+            .store
+            .run(move |c| {
+                if !matches!(c, DbConn::Pg(_)) {
+                    return Ok(None);
+                }
+                let all = enrollments::for_user(c, user.id)?;
+                let enrolled: MethodSet = all.iter().map(|e| e.method).collect();
+                let Some(enrollment) = all.iter().find(|e| e.method == Method::Authenticator) else {
+                    return Ok(None);
+                };
+                let secret = svc.enrolled_secret(enrollment)?;
+                let TotpCheck::Accepted { step } = totp::check(&secret, &code, ctx.now, enrollment.last_step) else {
+                    return Ok(None);
+                };
+                let (token, session) = svc.new_session(&user, true, ctx.now);
+                let method = Method::Authenticator;
+                let audit = Service::new_audit_events(
+                    &ctx,
+                    user.tenant_id,
+                    Some(user.id.to_string()),
+                    Some(user.id),
+                    [
+                        (AuditKind::Verified, json!({"method": method})),
+                        (AuditKind::SignedIn, json!({"second_factor": true, "method": method})),
+                    ],
+                );
+                let token_hash = svc.keys.token_hash(TokenPurpose::Session, token.expose());
+                let sign_in = TotpSignIn {
+                    user: user.id,
+                    challenge,
+                    step,
+                    session: &session,
+                    session_token_hash: &token_hash,
+                    audit: &audit,
+                };
+                if totp_sign_in::commit(c, &sign_in)? != TotpSignInOutcome::Committed {
+                    return Ok(None);
+                }
+                svc.metrics.otp_verifications.with_label_values(&[method.as_str(), "success"]).inc();
+                user.preferred = Some(method);
+                Ok(Some(IssuedSession { token, expires_at: session.expires_at, user: UserView::new(&user, enrolled) }))
+            })
+            .await?;
+        Ok(issued)
     }
 
     /// `POST /api/v1/auth/2fa/recovery`: for an agent or supervisor, the pending recovery

@@ -317,7 +317,13 @@ impl Service {
         second_factor: bool,
         now: DateTime<Utc>,
     ) -> StoreResult<(SecretToken, Session)> {
-        let token = SecretToken::generate();
+        let (token, session) = self.new_session(user, second_factor, now);
+        sessions::insert(conn, &session, &self.keys.token_hash(TokenPurpose::Session, token.expose()))?;
+        Ok((token, session))
+    }
+
+    /// A new bearer token and the session it opens (not yet stored).
+    fn new_session(&self, user: &User, second_factor: bool, now: DateTime<Utc>) -> (SecretToken, Session) {
         let session = Session {
             id: SessionId::new(),
             tenant_id: user.tenant_id,
@@ -326,8 +332,7 @@ impl Service {
             expires_at: now + self.limits.session_ttl,
             second_factor_at: second_factor.then_some(now),
         };
-        sessions::insert(conn, &session, &self.keys.token_hash(TokenPurpose::Session, token.expose()))?;
-        Ok((token, session))
+        (SecretToken::generate(), session)
     }
 
     /// Opens a challenge (or an enablement setup).
@@ -398,8 +403,19 @@ impl Service {
         subject: Option<UserId>,
         events: [(AuditKind, Value); N],
     ) -> StoreResult<()> {
+        latchkey_store::repo::audit::insert_all(conn, &Service::new_audit_events(ctx, tenant, actor, subject, events))
+    }
+
+    /// Audit events of one actor and subject at `ctx.now`, not yet stored.
+    fn new_audit_events<const N: usize>(
+        ctx: &RequestCtx,
+        tenant: TenantId,
+        actor: Option<String>,
+        subject: Option<UserId>,
+        events: [(AuditKind, Value); N],
+    ) -> [AuditEvent; N] {
         let subject = subject.map(|s| s.to_string());
-        let events = events.map(|(kind, detail)| AuditEvent {
+        events.map(|(kind, detail)| AuditEvent {
             id: AuditEventId::new(),
             tenant_id: tenant,
             at: ctx.now,
@@ -409,8 +425,7 @@ impl Service {
             ip: ctx.ip.clone(),
             user_agent: ctx.user_agent.clone(),
             detail,
-        });
-        latchkey_store::repo::audit::insert_all(conn, &events)
+        })
     }
 }
 
