@@ -74,27 +74,39 @@ WHERE user_id = '0190a0c2-7d4e-7000-8000-' || lpad(:u::text, 12, '0') AND method
 AND last_step < 9000000000000000000;
 ";
 
-/// L1v: the statements one successful TOTP verification sends, in the same order and
-/// transaction shape (a read outside, then `BEGIN` … `COMMIT`), on copies of the tables:
-/// the database's own ceiling for `verify`, without HTTP, Rust or the pool. Keep it in step
-/// with `Service::verify` (log the service's statements with `log_statement = all`). (No
-/// colon in the JSON details: pgbench would take it for a variable.)
+/// L1v: the statements one successful TOTP verification sends on Postgres, in the same
+/// order, on copies of the tables: the read of the challenge and its user, the read of the
+/// enrollments, then the one data-modifying statement that commits the sign-in
+/// (`latchkey_store::repo::totp_sign_in`), in autocommit. The database's own ceiling for
+/// `verify`, without HTTP, Rust or the pool. Keep it in step with `Service::verify` (log the
+/// service's statements with `log_statement = all`). (No colon in the JSON details: pgbench
+/// would take it for a variable.)
 pub const L1V_SCRIPT: &str = "\\set n random(1, 20000)
 SELECT c.*, u.* FROM lv_challenges c JOIN lv_users u ON u.id = c.user_id AND u.tenant_id = c.tenant_id \
 WHERE c.token_hash = sha256(:n::text::bytea) AND c.ended_at IS NULL AND c.expires_at > 0 LIMIT 1;
-BEGIN;
-SELECT * FROM lv_users WHERE tenant_id = 'bench' AND id = 'u-' || :n LIMIT 1 FOR UPDATE;
-SELECT * FROM lv_challenges WHERE id = 'c-' || :n LIMIT 1;
 SELECT * FROM lv_enrollments WHERE user_id = 'u-' || :n;
-UPDATE lv_enrollments SET last_step = last_step + 1 WHERE user_id = 'u-' || :n AND method = 'authenticator' \
-AND (last_step IS NULL OR last_step < 9000000000000000000);
-UPDATE lv_users SET otp_failures = 0, otp_blocked_until = NULL, preferred_method = 'authenticator' WHERE id = 'u-' || :n;
-UPDATE lv_challenges SET ended_at = NULL, pending_secret = NULL WHERE id = 'c-' || :n AND ended_at IS NULL;
-INSERT INTO lv_sessions VALUES (gen_random_uuid()::text, sha256(gen_random_uuid()::text::bytea), 'bench', 'u-' || :n, 0, 1, 0);
-INSERT INTO lv_audit VALUES \
-(gen_random_uuid()::text, 'bench', 0, 'u-' || :n, 'u-' || :n, 'verified', '127.0.0.1', 'latchkey-bench', json_build_object('method', 'authenticator')::text), \
-(gen_random_uuid()::text, 'bench', 0, 'u-' || :n, 'u-' || :n, 'signed_in', '127.0.0.1', 'latchkey-bench', json_build_object('second_factor', true)::text);
-COMMIT;
+WITH locked_user AS ( \
+  SELECT id FROM lv_users WHERE id = 'u-' || :n AND (otp_blocked_until IS NULL OR otp_blocked_until <= 0) FOR UPDATE \
+), locked_challenge AS ( \
+  SELECT id FROM lv_challenges WHERE id = 'c-' || :n AND user_id = 'u-' || :n AND purpose = 'sign_in' \
+  AND ended_at IS NULL AND expires_at > 0 FOR UPDATE \
+), advanced AS ( \
+  UPDATE lv_enrollments SET last_step = last_step + 1 WHERE user_id = (SELECT id FROM locked_user) \
+  AND method = 'authenticator' AND (last_step IS NULL OR last_step < 9000000000000000000) \
+  AND EXISTS (SELECT 1 FROM locked_challenge) RETURNING user_id \
+), ended AS ( \
+  UPDATE lv_challenges SET ended_at = NULL, pending_secret = NULL WHERE id = 'c-' || :n AND EXISTS (SELECT 1 FROM advanced) \
+), verified AS ( \
+  UPDATE lv_users SET otp_failures = 0, otp_blocked_until = NULL, preferred_method = 'authenticator' \
+  WHERE id = 'u-' || :n AND EXISTS (SELECT 1 FROM advanced) \
+), session AS ( \
+  INSERT INTO lv_sessions SELECT gen_random_uuid()::text, sha256(gen_random_uuid()::text::bytea), 'bench', user_id, 0, 1, 0 \
+  FROM advanced \
+), audit AS ( \
+  INSERT INTO lv_audit SELECT gen_random_uuid()::text, 'bench', 0, user_id, user_id, e.kind, '127.0.0.1', 'latchkey-bench', \
+  e.detail FROM advanced, (VALUES ('verified', json_build_object('method', 'authenticator')::text), \
+  ('signed_in', json_build_object('second_factor', true)::text)) AS e (kind, detail) \
+) SELECT count(*) FROM advanced;
 ";
 
 fn parse_number_after(text: &str, key: &str) -> Option<f64> {

@@ -205,7 +205,7 @@ pub fn table(machine: &Value, r: &Map<String, Value>) -> String {
     if r.contains_key("l1v") {
         row(
             "L1v pgbench replay of verify's SQL",
-            format!("{} tx/s (its 11 round trips, no service)", num(f(&v, &["l1v", "tps"]), 0)),
+            format!("{} tx/s (its 3 round trips, no service)", num(f(&v, &["l1v", "tps"]), 0)),
         );
     }
     if r.contains_key("l2") {

@@ -7,7 +7,7 @@ use latchkey_core::{Method, Role, TenantId, UserId};
 use latchkey_store::model::{Enrollment, Tenant, TwoFactorPolicy, User};
 use latchkey_store::repo::{enrollments, tenants, users};
 use latchkey_store::testing::ScratchDb;
-use latchkey_store::{Backend, Store, StoreError, write_tx};
+use latchkey_store::{Backend, DbConn, Store, StoreError, write_tx};
 
 fn now() -> DateTime<Utc> {
     DateTime::from_timestamp(1_780_000_000, 0).unwrap()
@@ -220,15 +220,18 @@ fn a_totp_sign_in_commits_every_write_or_none() {
     use latchkey_store::repo::totp_sign_in::{self, TotpSignIn, TotpSignInOutcome};
     use latchkey_store::repo::{Page, challenges, sessions};
 
-    fn attempt(store: &Store, tenant: TenantId, user: UserId, challenge: ChallengeId, step: i64) -> TotpSignInOutcome {
-        let session = Session {
+    fn sample_session(tenant: TenantId, user: UserId) -> Session {
+        Session {
             id: SessionId::new(),
             tenant_id: tenant,
             user_id: user,
             created_at: now(),
             expires_at: now() + chrono::Duration::hours(8),
             second_factor_at: Some(now()),
-        };
+        }
+    }
+    fn attempt(store: &Store, tenant: TenantId, user: UserId, challenge: ChallengeId, step: i64) -> TotpSignInOutcome {
+        let session = sample_session(tenant, user);
         let audit = [AuditKind::Verified, AuditKind::SignedIn].map(|kind| AuditEvent {
             id: AuditEventId::new(),
             tenant_id: tenant,
@@ -330,5 +333,32 @@ fn a_totp_sign_in_commits_every_write_or_none() {
         }
         let sessions_left = store.run_blocking(|c| sessions::delete_for_user(c, user, None)).unwrap();
         assert_eq!(sessions_left, 1 + 5);
+
+        // Prepared once per connection (parsed and planned once), not sent as new SQL each time.
+        let prepared = store
+            .run_blocking(|c| {
+                use diesel::prelude::*;
+                #[derive(QueryableByName)]
+                struct Count {
+                    #[diesel(sql_type = diesel::sql_types::BigInt)]
+                    n: i64,
+                }
+                let s = TotpSignIn {
+                    user,
+                    challenge: ChallengeId::new(),
+                    step: 1,
+                    session: &sample_session(tenant, user),
+                    session_token_hash: b"x",
+                    audit: &[],
+                };
+                for _ in 0..3 {
+                    assert_eq!(totp_sign_in::commit(c, &s)?, TotpSignInOutcome::Refused);
+                }
+                let q = "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE 'WITH p AS (SELECT%'";
+                let DbConn::Pg(pg) = c else { unreachable!() };
+                Ok(diesel::sql_query(q).get_result::<Count>(pg)?.n)
+            })
+            .unwrap();
+        assert_eq!(prepared, 1);
     }
 }

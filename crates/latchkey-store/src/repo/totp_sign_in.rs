@@ -11,7 +11,9 @@
 //! are those of the portable path (the user row first), so the two paths can run side by
 //! side on one database. SQLite keeps the portable path: there is no round trip to save.
 
+use diesel::pg::Pg;
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{Array, BigInt, Bytea, Nullable, Text};
 use latchkey_core::{ChallengeId, Method, UserId};
 
@@ -49,44 +51,153 @@ pub enum TotpSignInOutcome {
     Unsupported,
 }
 
-const SQL: &str = "\
-WITH locked_user AS (
-    SELECT id FROM users
-    WHERE id = $1 AND (otp_blocked_until IS NULL OR otp_blocked_until <= $2)
-    FOR UPDATE
+/// The statement, in three parts around its two groups of parameters: the scalars (`p`) and
+/// the audit events as parallel arrays (`unnest`).
+const SQL_HEAD: &str = "WITH p AS (SELECT ";
+const SQL_BODY: &str = "
+), locked_user AS (
+    SELECT u.id FROM users u JOIN p ON u.id = p.user_id
+    WHERE u.otp_blocked_until IS NULL OR u.otp_blocked_until <= p.now
+    FOR UPDATE OF u
 ), locked_challenge AS (
-    SELECT id FROM challenges
-    WHERE id = $3 AND user_id = $1 AND purpose = 'sign_in' AND ended_at IS NULL AND expires_at > $2
-    FOR UPDATE
+    SELECT c.id FROM challenges c JOIN p ON c.id = p.challenge_id AND c.user_id = p.user_id
+    WHERE c.purpose = 'sign_in' AND c.ended_at IS NULL AND c.expires_at > p.now
+    FOR UPDATE OF c
 ), advanced AS (
-    UPDATE enrollments SET last_step = $4
-    WHERE user_id = (SELECT id FROM locked_user) AND method = $5
-      AND (last_step IS NULL OR last_step < $4)
+    UPDATE enrollments e SET last_step = p.step FROM p
+    WHERE e.user_id = (SELECT id FROM locked_user) AND e.method = p.method
+      AND (e.last_step IS NULL OR e.last_step < p.step)
       AND EXISTS (SELECT 1 FROM locked_challenge)
-    RETURNING user_id
+    RETURNING e.user_id
 ), ended AS (
-    UPDATE challenges SET ended_at = $2, pending_secret = NULL
-    WHERE id = $3 AND EXISTS (SELECT 1 FROM advanced)
+    UPDATE challenges c SET ended_at = p.now, pending_secret = NULL FROM p
+    WHERE c.id = p.challenge_id AND EXISTS (SELECT 1 FROM advanced)
 ), verified AS (
-    UPDATE users SET otp_failures = 0, otp_blocked_until = NULL, preferred_method = $5
-    WHERE id = $1 AND EXISTS (SELECT 1 FROM advanced)
-      AND (otp_failures <> 0 OR otp_blocked_until IS NOT NULL OR preferred_method IS DISTINCT FROM $5)
+    UPDATE users u SET otp_failures = 0, otp_blocked_until = NULL, preferred_method = p.method FROM p
+    WHERE u.id = p.user_id AND EXISTS (SELECT 1 FROM advanced)
+      AND (u.otp_failures <> 0 OR u.otp_blocked_until IS NOT NULL OR u.preferred_method IS DISTINCT FROM p.method)
 ), session AS (
     INSERT INTO sessions (id, token_hash, tenant_id, user_id, created_at, expires_at, second_factor_at)
-    SELECT $6, $7, $8, $1, $2, $9, $10 FROM advanced
+    SELECT p.session_id, p.token_hash, p.tenant_id, p.user_id, p.now, p.expires_at, p.second_factor_at
+    FROM p, advanced
 ), audit AS (
     INSERT INTO audit_events (id, tenant_id, at, actor_id, subject_id, kind, ip, user_agent, detail)
     SELECT e.id, e.tenant_id, e.at, e.actor_id, e.subject_id, e.kind, e.ip, e.user_agent, e.detail
-    FROM advanced, unnest($11::text[], $12::text[], $13::bigint[], $14::text[], $15::text[], $16::text[],
-                          $17::text[], $18::text[], $19::text[])
-        AS e (id, tenant_id, at, actor_id, subject_id, kind, ip, user_agent, detail)
+    FROM advanced, unnest(";
+const SQL_TAIL: &str = ") AS e (id, tenant_id, at, actor_id, subject_id, kind, ip, user_agent, detail)
 )
-SELECT count(*) AS accepted FROM advanced";
+SELECT count(*) FROM advanced";
 
-#[derive(QueryableByName)]
-struct Accepted {
-    #[diesel(sql_type = BigInt)]
-    accepted: i64,
+/// The statement with its parameters: a diesel query of its own (rather than `sql_query`)
+/// so that diesel prepares it once per connection and Postgres parses and plans it once.
+struct Statement {
+    user: String,
+    now: i64,
+    challenge: String,
+    step: i64,
+    method: &'static str,
+    session_id: String,
+    token_hash: Vec<u8>,
+    tenant_id: String,
+    expires_at: i64,
+    second_factor_at: Option<i64>,
+    audit_id: Vec<String>,
+    audit_tenant_id: Vec<String>,
+    audit_at: Vec<i64>,
+    audit_actor_id: Vec<Option<String>>,
+    audit_subject_id: Vec<Option<String>>,
+    audit_kind: Vec<&'static str>,
+    audit_ip: Vec<Option<String>>,
+    audit_user_agent: Vec<Option<String>>,
+    audit_detail: Vec<String>,
+}
+
+impl Statement {
+    fn of(s: &TotpSignIn<'_>) -> Self {
+        let a = s.audit;
+        Self {
+            user: s.user.to_string(),
+            now: ms(s.session.created_at),
+            challenge: s.challenge.to_string(),
+            step: s.step,
+            method: Method::Authenticator.as_str(),
+            session_id: s.session.id.to_string(),
+            token_hash: s.session_token_hash.to_vec(),
+            tenant_id: s.session.tenant_id.to_string(),
+            expires_at: ms(s.session.expires_at),
+            second_factor_at: s.session.second_factor_at.map(ms),
+            audit_id: a.iter().map(|e| e.id.to_string()).collect(),
+            audit_tenant_id: a.iter().map(|e| e.tenant_id.to_string()).collect(),
+            audit_at: a.iter().map(|e| ms(e.at)).collect(),
+            audit_actor_id: a.iter().map(|e| e.actor_id.clone()).collect(),
+            audit_subject_id: a.iter().map(|e| e.subject_id.clone()).collect(),
+            audit_kind: a.iter().map(|e| e.kind.as_str()).collect(),
+            audit_ip: a.iter().map(|e| e.ip.clone()).collect(),
+            audit_user_agent: a.iter().map(|e| e.user_agent.clone()).collect(),
+            audit_detail: a.iter().map(|e| e.detail.to_string()).collect(),
+        }
+    }
+}
+
+/// The static identity under which diesel caches the prepared statement.
+struct StatementId;
+
+impl QueryId for Statement {
+    type QueryId = StatementId;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for Statement {
+    type SqlType = BigInt;
+}
+
+impl RunQueryDsl<PgConnection> for Statement {}
+
+impl QueryFragment<Pg> for Statement {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(SQL_HEAD);
+        out.push_bind_param::<Text, _>(&self.user)?;
+        out.push_sql("::text AS user_id, ");
+        out.push_bind_param::<BigInt, _>(&self.now)?;
+        out.push_sql("::bigint AS now, ");
+        out.push_bind_param::<Text, _>(&self.challenge)?;
+        out.push_sql("::text AS challenge_id, ");
+        out.push_bind_param::<BigInt, _>(&self.step)?;
+        out.push_sql("::bigint AS step, ");
+        out.push_bind_param::<Text, _>(self.method)?;
+        out.push_sql("::text AS method, ");
+        out.push_bind_param::<Text, _>(&self.session_id)?;
+        out.push_sql("::text AS session_id, ");
+        out.push_bind_param::<Bytea, _>(&self.token_hash)?;
+        out.push_sql("::bytea AS token_hash, ");
+        out.push_bind_param::<Text, _>(&self.tenant_id)?;
+        out.push_sql("::text AS tenant_id, ");
+        out.push_bind_param::<BigInt, _>(&self.expires_at)?;
+        out.push_sql("::bigint AS expires_at, ");
+        out.push_bind_param::<Nullable<BigInt>, _>(&self.second_factor_at)?;
+        out.push_sql("::bigint AS second_factor_at");
+        out.push_sql(SQL_BODY);
+        out.push_bind_param::<Array<Text>, _>(&self.audit_id)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Text>, _>(&self.audit_tenant_id)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.audit_at)?;
+        out.push_sql("::bigint[], ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.audit_actor_id)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.audit_subject_id)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Text>, _>(&self.audit_kind)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.audit_ip)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&self.audit_user_agent)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Text>, _>(&self.audit_detail)?;
+        out.push_sql("::text[]");
+        out.push_sql(SQL_TAIL);
+        Ok(())
+    }
 }
 
 /// Commits the sign-in `s` in one statement on Postgres.
@@ -97,27 +208,6 @@ pub fn commit(conn: &mut DbConn, s: &TotpSignIn<'_>) -> StoreResult<TotpSignInOu
     let DbConn::Pg(pg) = conn else {
         return Ok(TotpSignInOutcome::Unsupported);
     };
-    let now = ms(s.session.created_at);
-    let row: Accepted = diesel::sql_query(SQL)
-        .bind::<Text, _>(s.user.to_string())
-        .bind::<BigInt, _>(now)
-        .bind::<Text, _>(s.challenge.to_string())
-        .bind::<BigInt, _>(s.step)
-        .bind::<Text, _>(Method::Authenticator.as_str())
-        .bind::<Text, _>(s.session.id.to_string())
-        .bind::<Bytea, _>(s.session_token_hash)
-        .bind::<Text, _>(s.session.tenant_id.to_string())
-        .bind::<BigInt, _>(ms(s.session.expires_at))
-        .bind::<Nullable<BigInt>, _>(s.session.second_factor_at.map(ms))
-        .bind::<Array<Text>, _>(s.audit.iter().map(|e| e.id.to_string()).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(s.audit.iter().map(|e| e.tenant_id.to_string()).collect::<Vec<_>>())
-        .bind::<Array<BigInt>, _>(s.audit.iter().map(|e| ms(e.at)).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Text>>, _>(s.audit.iter().map(|e| e.actor_id.clone()).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Text>>, _>(s.audit.iter().map(|e| e.subject_id.clone()).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(s.audit.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Text>>, _>(s.audit.iter().map(|e| e.ip.clone()).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Text>>, _>(s.audit.iter().map(|e| e.user_agent.clone()).collect::<Vec<_>>())
-        .bind::<Array<Text>, _>(s.audit.iter().map(|e| e.detail.to_string()).collect::<Vec<_>>())
-        .get_result(pg)?;
-    Ok(if row.accepted == 1 { TotpSignInOutcome::Committed } else { TotpSignInOutcome::Refused })
+    let accepted: i64 = Statement::of(s).get_result(pg)?;
+    Ok(if accepted == 1 { TotpSignInOutcome::Committed } else { TotpSignInOutcome::Refused })
 }
