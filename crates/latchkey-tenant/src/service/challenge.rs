@@ -14,11 +14,11 @@ use latchkey_core::{
     SecretToken, UserId,
 };
 use latchkey_store::model::{
-    Challenge, ChallengePurpose, EmailCode, Enrollment, NextAction, RecoveryRequest, RecoveryStatus, ResetToken,
-    Tenant, User,
+    AuditEvent, Challenge, ChallengePurpose, EmailCode, Enrollment, NextAction, RecoveryRequest, RecoveryStatus,
+    ResetToken, Tenant, User,
 };
 use latchkey_store::repo::totp_sign_in::{self, TotpSignIn, TotpSignInOutcome};
-use latchkey_store::repo::{challenges, deliveries, email_codes, enrollments, recovery, reset_tokens, users};
+use latchkey_store::repo::{audit, challenges, deliveries, email_codes, enrollments, recovery, reset_tokens, users};
 use latchkey_store::{DbConn, StoreError, StoreResult};
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -99,6 +99,21 @@ pub(super) fn pending_aad(challenge: &Challenge) -> Vec<u8> {
 
 pub(super) fn enrolled_aad(user: UserId) -> Vec<u8> {
     format!("totp:{user}").into_bytes()
+}
+
+/// The audit events of a sign-in completed with a verified code of `method`: `verified`,
+/// then `signed_in`, the user acting on himself.
+fn verified_sign_in_events(ctx: &RequestCtx, user: &User, method: Method) -> [AuditEvent; 2] {
+    Service::new_audit_events(
+        ctx,
+        user.tenant_id,
+        Some(user.id.to_string()),
+        Some(user.id),
+        [
+            (AuditKind::Verified, json!({"method": method})),
+            (AuditKind::SignedIn, json!({"second_factor": true, "method": method})),
+        ],
+    )
 }
 
 fn send_refusal(refusal: SendRefusal, now: DateTime<Utc>) -> Error {
@@ -560,17 +575,7 @@ impl Service {
                 challenges::end(c, ch.id, now)?;
                 let (token, session) = svc.issue_session(c, &user, true, now)?;
                 svc.metrics.otp_verifications.with_label_values(&[method.as_str(), "success"]).inc();
-                Service::audit_all(
-                    c,
-                    &ctx,
-                    user.tenant_id,
-                    Some(user.id.to_string()),
-                    Some(user.id),
-                    [
-                        (AuditKind::Verified, json!({"method": method})),
-                        (AuditKind::SignedIn, json!({"second_factor": true, "method": method})),
-                    ],
-                )?;
+                audit::insert_all(c, &verified_sign_in_events(&ctx, &user, method))?;
                 let mut user = user;
                 user.preferred = Some(method);
                 let view = match known_enrolled {
@@ -611,16 +616,7 @@ impl Service {
                 };
                 let (token, session) = svc.new_session(&user, true, ctx.now);
                 let method = Method::Authenticator;
-                let audit = Service::new_audit_events(
-                    &ctx,
-                    user.tenant_id,
-                    Some(user.id.to_string()),
-                    Some(user.id),
-                    [
-                        (AuditKind::Verified, json!({"method": method})),
-                        (AuditKind::SignedIn, json!({"second_factor": true, "method": method})),
-                    ],
-                );
+                let audit = verified_sign_in_events(&ctx, &user, method);
                 let token_hash = svc.keys.token_hash(TokenPurpose::Session, token.expose());
                 let sign_in = TotpSignIn {
                     user: user.id,
