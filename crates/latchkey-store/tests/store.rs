@@ -362,3 +362,127 @@ fn a_totp_sign_in_commits_every_write_or_none() {
         assert_eq!(prepared, 1);
     }
 }
+
+/// The one-statement TOTP sign-in waits for the user's lock before it touches the challenge,
+/// like every other writer of a user's challenges: while another transaction holds the user
+/// (here a reset ending the user's challenges), the challenge stays free, the reset
+/// completes without a deadlock and the sign-in is then refused with nothing written.
+#[test]
+fn a_totp_sign_in_locks_the_user_before_the_challenge() {
+    use diesel::connection::SimpleConnection;
+    use diesel::prelude::*;
+    use latchkey_core::{AuditEventId, ChallengeId, MethodSet, SessionId};
+    use latchkey_store::model::{Challenge, ChallengePurpose, NextAction, Session};
+    use latchkey_store::repo::challenges;
+    use latchkey_store::repo::totp_sign_in::{self, TotpSignIn, TotpSignInOutcome};
+
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+
+    let Some(Scratch { store, _pg, .. }) = stores().into_iter().find(|s| s.store.backend() == Backend::Postgres) else {
+        return;
+    };
+    let (tenant, user) = seed(&store);
+    let en = Enrollment {
+        user_id: user,
+        method: Method::Authenticator,
+        secret_sealed: Some(vec![1]),
+        last_step: Some(100),
+        created_at: now(),
+    };
+    let ch = Challenge {
+        id: ChallengeId::new(),
+        tenant_id: tenant,
+        user_id: user,
+        purpose: ChallengePurpose::SignIn,
+        next: NextAction::Verify,
+        methods: MethodSet::from_iter([Method::Authenticator]),
+        session_id: None,
+        pending_secret: None,
+        created_at: now(),
+        expires_at: now() + chrono::Duration::minutes(10),
+        ended_at: None,
+    };
+    store
+        .run_blocking(|c| {
+            enrollments::upsert(c, tenant, &en)?;
+            challenges::insert(c, &ch, b"lock-order")
+        })
+        .unwrap();
+    let challenge = ch.id;
+
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let reset = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            store.run_blocking(|c| {
+                write_tx(c, |c| {
+                    users::lock(c, user)?;
+                    locked_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    challenges::end_for_user(c, user, None, now())
+                })
+            })
+        })
+    };
+    locked_rx.recv().unwrap();
+    let sign_in = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let session = Session {
+                id: SessionId::new(),
+                tenant_id: tenant,
+                user_id: user,
+                created_at: now(),
+                expires_at: now() + chrono::Duration::hours(8),
+                second_factor_at: Some(now()),
+            };
+            let audit = [latchkey_store::model::AuditEvent {
+                id: AuditEventId::new(),
+                tenant_id: tenant,
+                at: now(),
+                actor_id: None,
+                subject_id: None,
+                kind: latchkey_core::AuditKind::SignedIn,
+                ip: None,
+                user_agent: None,
+                detail: serde_json::json!({}),
+            }];
+            let s =
+                TotpSignIn { user, challenge, step: 101, session: &session, session_token_hash: b"h", audit: &audit };
+            store.run_blocking(|c| totp_sign_in::commit(c, &s))
+        })
+    };
+    // Wait (a condition, not a time) until the sign-in statement is blocked on a lock.
+    let waiting =
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'WITH p AS%'";
+    let mut blocked = false;
+    for _ in 0..1000 {
+        let n = store
+            .run_blocking(|c| {
+                let DbConn::Pg(pg) = c else { unreachable!() };
+                Ok(diesel::sql_query(waiting).get_result::<Count>(pg)?.n)
+            })
+            .unwrap();
+        if n == 1 {
+            blocked = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(blocked, "the sign-in statement never waited for the user's lock");
+    // The challenge is not held by the waiting statement.
+    let free = store.run_blocking(|c| {
+        c.batch_execute(&format!("SELECT id FROM challenges WHERE id = '{challenge}' FOR UPDATE NOWAIT"))
+            .map_err(StoreError::from)
+    });
+    assert!(free.is_ok(), "the waiting sign-in holds the challenge: {free:?}");
+    release_tx.send(()).unwrap();
+    assert_eq!(reset.join().unwrap().unwrap(), 1, "the reset ends the challenge");
+    assert_eq!(sign_in.join().unwrap().unwrap(), TotpSignInOutcome::Refused);
+    assert_eq!(store.run_blocking(|c| enrollments::for_user(c, user)).unwrap()[0].last_step, Some(100));
+}

@@ -7,9 +7,14 @@
 //! `SELECT … FOR UPDATE`, moves the enrollment's last accepted time step forward with a
 //! conditional `UPDATE` (RFC 6238 section 5.2: a step is accepted at most once), and only
 //! if that moved ends the challenge, clears the wrong-code counter and block, inserts the
-//! session and appends the audit events. Either every write happens or none does; the locks
-//! are those of the portable path (the user row first), so the two paths can run side by
-//! side on one database. SQLite keeps the portable path: there is no round trip to save.
+//! session and appends the audit events. Either every write happens or none does.
+//!
+//! Lock order: the user row first, as on every other path that writes a user's challenges
+//! (the portable verify, resets, role and email changes, deletion): the challenge is looked
+//! up only through the locked user, so a statement waiting for the user holds nothing. The
+//! counter is cleared unconditionally: a condition on the counter would be tested on the row
+//! as the statement's snapshot saw it, before the lock, and could skip a newer count. SQLite
+//! keeps the portable path: there is no round trip to save.
 
 use diesel::pg::Pg;
 use diesel::prelude::*;
@@ -22,7 +27,6 @@ use crate::error::StoreResult;
 use crate::model::{AuditEvent, Session, ms};
 
 /// The writes of one accepted TOTP code.
-#[derive(Debug)]
 pub struct TotpSignIn<'a> {
     /// The user, whose lock the statement takes; refused if blocked at `session.created_at`.
     pub user: UserId,
@@ -36,6 +40,18 @@ pub struct TotpSignIn<'a> {
     pub session_token_hash: &'a [u8],
     /// Audit events to append with it.
     pub audit: &'a [AuditEvent],
+}
+
+impl std::fmt::Debug for TotpSignIn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpSignIn")
+            .field("user", &self.user)
+            .field("challenge", &self.challenge)
+            .field("step", &self.step)
+            .field("session", &self.session.id)
+            .field("audit_events", &self.audit.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What [`commit`] did.
@@ -56,13 +72,15 @@ pub enum TotpSignInOutcome {
 const SQL_HEAD: &str = "WITH p AS (SELECT ";
 const SQL_BODY: &str = "
 ), locked_user AS (
-    SELECT u.id FROM users u JOIN p ON u.id = p.user_id
-    WHERE u.otp_blocked_until IS NULL OR u.otp_blocked_until <= p.now
-    FOR UPDATE OF u
+    SELECT u.id FROM users u
+    WHERE u.id = (SELECT user_id FROM p)
+      AND (u.otp_blocked_until IS NULL OR u.otp_blocked_until <= (SELECT now FROM p))
+    FOR UPDATE
 ), locked_challenge AS (
-    SELECT c.id FROM challenges c JOIN p ON c.id = p.challenge_id AND c.user_id = p.user_id
-    WHERE c.purpose = 'sign_in' AND c.ended_at IS NULL AND c.expires_at > p.now
-    FOR UPDATE OF c
+    SELECT c.id FROM challenges c
+    WHERE c.id = (SELECT challenge_id FROM p) AND c.user_id = (SELECT id FROM locked_user)
+      AND c.purpose = 'sign_in' AND c.ended_at IS NULL AND c.expires_at > (SELECT now FROM p)
+    FOR UPDATE
 ), advanced AS (
     UPDATE enrollments e SET last_step = p.step FROM p
     WHERE e.user_id = (SELECT id FROM locked_user) AND e.method = p.method
@@ -75,7 +93,6 @@ const SQL_BODY: &str = "
 ), verified AS (
     UPDATE users u SET otp_failures = 0, otp_blocked_until = NULL, preferred_method = p.method FROM p
     WHERE u.id = p.user_id AND EXISTS (SELECT 1 FROM advanced)
-      AND (u.otp_failures <> 0 OR u.otp_blocked_until IS NOT NULL OR u.preferred_method IS DISTINCT FROM p.method)
 ), session AS (
     INSERT INTO sessions (id, token_hash, tenant_id, user_id, created_at, expires_at, second_factor_at)
     SELECT p.session_id, p.token_hash, p.tenant_id, p.user_id, p.now, p.expires_at, p.second_factor_at

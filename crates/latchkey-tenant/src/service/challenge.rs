@@ -19,7 +19,7 @@ use latchkey_store::model::{
 };
 use latchkey_store::repo::totp_sign_in::{self, TotpSignIn, TotpSignInOutcome};
 use latchkey_store::repo::{audit, challenges, deliveries, email_codes, enrollments, recovery, reset_tokens, users};
-use latchkey_store::{DbConn, StoreError, StoreResult};
+use latchkey_store::{Backend, DbConn, StoreError, StoreResult};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -541,6 +541,7 @@ impl Service {
             return Err(Error::MethodNotAllowed);
         }
         if method == Method::Authenticator
+            && self.store.backend() == Backend::Postgres
             && loc.challenge.pending_secret.is_none()
             && loc.user.lockout.blocked(ctx.now).is_none()
             && let Some(issued) = self.verify_totp_at_once(ctx, &loc, code).await?
