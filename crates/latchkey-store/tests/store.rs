@@ -208,19 +208,17 @@ fn the_store_recovers_from_lost_connections() {
     }
 }
 
-/// The one-statement TOTP sign-in on Postgres: every write or none. A refused statement
-/// (replayed step, blocked user, ended challenge) leaves the step, the challenge, the
-/// counters, the sessions and the audit log as they were; two codes of different steps on
-/// one challenge in parallel sign in once. SQLite answers `Unsupported`.
-#[test]
-fn a_totp_sign_in_commits_every_write_or_none() {
-    use latchkey_core::{AuditEventId, AuditKind, ChallengeId, MethodSet, SessionId};
-    use latchkey_store::model::{AuditEvent, Challenge, ChallengePurpose, NextAction, Session};
-    use latchkey_store::repo::audit::{self, AuditFilter};
+/// Helpers of the one-statement TOTP sign-in tests.
+mod totp {
+    use latchkey_core::{AuditEventId, AuditKind, ChallengeId, Method, MethodSet, SessionId, TenantId, UserId};
+    use latchkey_store::Store;
+    use latchkey_store::model::{AuditEvent, Challenge, ChallengePurpose, Enrollment, NextAction, Session};
     use latchkey_store::repo::totp_sign_in::{self, TotpSignIn, TotpSignInOutcome};
-    use latchkey_store::repo::{Page, challenges, sessions};
+    use latchkey_store::repo::{challenges, enrollments};
 
-    fn sample_session(tenant: TenantId, user: UserId) -> Session {
+    use super::now;
+
+    pub fn sample_session(tenant: TenantId, user: UserId) -> Session {
         Session {
             id: SessionId::new(),
             tenant_id: tenant,
@@ -230,7 +228,13 @@ fn a_totp_sign_in_commits_every_write_or_none() {
             second_factor_at: Some(now()),
         }
     }
-    fn attempt(store: &Store, tenant: TenantId, user: UserId, challenge: ChallengeId, step: i64) -> TotpSignInOutcome {
+    pub fn attempt(
+        store: &Store,
+        tenant: TenantId,
+        user: UserId,
+        challenge: ChallengeId,
+        step: i64,
+    ) -> TotpSignInOutcome {
         let session = sample_session(tenant, user);
         let audit = [AuditKind::Verified, AuditKind::SignedIn].map(|kind| AuditEvent {
             id: AuditEventId::new(),
@@ -247,7 +251,7 @@ fn a_totp_sign_in_commits_every_write_or_none() {
         let s = TotpSignIn { user, challenge, step, session: &session, session_token_hash: &hash, audit: &audit };
         store.run_blocking(|c| totp_sign_in::commit(c, &s)).unwrap()
     }
-    fn open_challenge(store: &Store, tenant: TenantId, user: UserId) -> ChallengeId {
+    pub fn open_challenge(store: &Store, tenant: TenantId, user: UserId) -> ChallengeId {
         let ch = Challenge {
             id: ChallengeId::new(),
             tenant_id: tenant,
@@ -264,6 +268,32 @@ fn a_totp_sign_in_commits_every_write_or_none() {
         store.run_blocking(|c| challenges::insert(c, &ch, ch.id.to_string().as_bytes())).unwrap();
         ch.id
     }
+
+    /// Enrolls an authenticator for `user` whose last accepted step is `last_step`.
+    pub fn enroll(store: &Store, tenant: TenantId, user: UserId, last_step: i64) {
+        let en = Enrollment {
+            user_id: user,
+            method: Method::Authenticator,
+            secret_sealed: Some(vec![1]),
+            last_step: Some(last_step),
+            created_at: now(),
+        };
+        store.run_blocking(|c| enrollments::upsert(c, tenant, &en)).unwrap();
+    }
+}
+
+/// The one-statement TOTP sign-in on Postgres: every write or none. A refused statement
+/// (replayed step, blocked user, ended challenge) leaves the step, the challenge, the
+/// counters, the sessions and the audit log as they were; two codes of different steps on
+/// one challenge in parallel sign in once. SQLite answers `Unsupported`.
+#[test]
+fn a_totp_sign_in_commits_every_write_or_none() {
+    use latchkey_core::ChallengeId;
+    use latchkey_store::repo::audit::{self, AuditFilter};
+    use latchkey_store::repo::totp_sign_in::{self, TotpSignIn, TotpSignInOutcome};
+    use latchkey_store::repo::{Page, challenges, sessions};
+    use totp::{attempt, open_challenge, sample_session};
+
     fn audit_count(store: &Store, tenant: TenantId) -> usize {
         let page = Page { after: None, limit: 100 };
         store.run_blocking(|c| audit::list(c, tenant, &AuditFilter::default(), page)).unwrap().len()
@@ -274,14 +304,7 @@ fn a_totp_sign_in_commits_every_write_or_none() {
 
     for Scratch { store, .. } in stores() {
         let (tenant, user) = seed(&store);
-        let en = Enrollment {
-            user_id: user,
-            method: Method::Authenticator,
-            secret_sealed: Some(vec![1]),
-            last_step: Some(100),
-            created_at: now(),
-        };
-        store.run_blocking(|c| enrollments::upsert(c, tenant, &en)).unwrap();
+        totp::enroll(&store, tenant, user, 100);
         let challenge = open_challenge(&store, tenant, user);
         if store.backend() == Backend::Sqlite {
             assert_eq!(attempt(&store, tenant, user, challenge, 101), TotpSignInOutcome::Unsupported);
@@ -371,10 +394,8 @@ fn a_totp_sign_in_commits_every_write_or_none() {
 fn a_totp_sign_in_locks_the_user_before_the_challenge() {
     use diesel::connection::SimpleConnection;
     use diesel::prelude::*;
-    use latchkey_core::{AuditEventId, ChallengeId, MethodSet, SessionId};
-    use latchkey_store::model::{Challenge, ChallengePurpose, NextAction, Session};
     use latchkey_store::repo::challenges;
-    use latchkey_store::repo::totp_sign_in::{self, TotpSignIn, TotpSignInOutcome};
+    use latchkey_store::repo::totp_sign_in::TotpSignInOutcome;
 
     #[derive(QueryableByName)]
     struct Count {
@@ -386,33 +407,8 @@ fn a_totp_sign_in_locks_the_user_before_the_challenge() {
         return;
     };
     let (tenant, user) = seed(&store);
-    let en = Enrollment {
-        user_id: user,
-        method: Method::Authenticator,
-        secret_sealed: Some(vec![1]),
-        last_step: Some(100),
-        created_at: now(),
-    };
-    let ch = Challenge {
-        id: ChallengeId::new(),
-        tenant_id: tenant,
-        user_id: user,
-        purpose: ChallengePurpose::SignIn,
-        next: NextAction::Verify,
-        methods: MethodSet::from_iter([Method::Authenticator]),
-        session_id: None,
-        pending_secret: None,
-        created_at: now(),
-        expires_at: now() + chrono::Duration::minutes(10),
-        ended_at: None,
-    };
-    store
-        .run_blocking(|c| {
-            enrollments::upsert(c, tenant, &en)?;
-            challenges::insert(c, &ch, b"lock-order")
-        })
-        .unwrap();
-    let challenge = ch.id;
+    totp::enroll(&store, tenant, user, 100);
+    let challenge = totp::open_challenge(&store, tenant, user);
 
     let (locked_tx, locked_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
@@ -432,30 +428,7 @@ fn a_totp_sign_in_locks_the_user_before_the_challenge() {
     locked_rx.recv().unwrap();
     let sign_in = {
         let store = store.clone();
-        std::thread::spawn(move || {
-            let session = Session {
-                id: SessionId::new(),
-                tenant_id: tenant,
-                user_id: user,
-                created_at: now(),
-                expires_at: now() + chrono::Duration::hours(8),
-                second_factor_at: Some(now()),
-            };
-            let audit = [latchkey_store::model::AuditEvent {
-                id: AuditEventId::new(),
-                tenant_id: tenant,
-                at: now(),
-                actor_id: None,
-                subject_id: None,
-                kind: latchkey_core::AuditKind::SignedIn,
-                ip: None,
-                user_agent: None,
-                detail: serde_json::json!({}),
-            }];
-            let s =
-                TotpSignIn { user, challenge, step: 101, session: &session, session_token_hash: b"h", audit: &audit };
-            store.run_blocking(|c| totp_sign_in::commit(c, &s))
-        })
+        std::thread::spawn(move || totp::attempt(&store, tenant, user, challenge, 101))
     };
     // Wait (a condition, not a time) until the sign-in statement is blocked on a lock.
     let waiting =
@@ -483,6 +456,6 @@ fn a_totp_sign_in_locks_the_user_before_the_challenge() {
     assert!(free.is_ok(), "the waiting sign-in holds the challenge: {free:?}");
     release_tx.send(()).unwrap();
     assert_eq!(reset.join().unwrap().unwrap(), 1, "the reset ends the challenge");
-    assert_eq!(sign_in.join().unwrap().unwrap(), TotpSignInOutcome::Refused);
+    assert_eq!(sign_in.join().unwrap(), TotpSignInOutcome::Refused);
     assert_eq!(store.run_blocking(|c| enrollments::for_user(c, user)).unwrap()[0].last_step, Some(100));
 }
