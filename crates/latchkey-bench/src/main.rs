@@ -586,26 +586,39 @@ impl Bench {
         Ok(out)
     }
 
-    fn load_signin_users(&self, conn: &mut diesel::PgConnection, hash: &str, now: i64) -> BenchResult<Vec<String>> {
-        if !self.opts.runs("signin") {
-            return Ok(Vec::new());
-        }
-        let tenant = TenantRow {
-            id: uuid::Uuid::now_v7().to_string(),
-            slug: "bench-signin".into(),
-            two_factor: false,
-            methods: 3,
-        };
+    /// One tenant (`slug`, 2FA `two_factor`, `methods` for every role) with `n` agents whose
+    /// addresses are `email(i)`, all with `hash`: the tenant and the agents.
+    #[allow(clippy::too_many_arguments)]
+    fn load_agents(
+        conn: &mut diesel::PgConnection,
+        slug: &str,
+        two_factor: bool,
+        methods: i32,
+        n: usize,
+        email: impl Fn(usize) -> String,
+        hash: &str,
+        now: i64,
+    ) -> BenchResult<(TenantRow, Vec<UserRow>)> {
+        let tenant = TenantRow { id: uuid::Uuid::now_v7().to_string(), slug: slug.into(), two_factor, methods };
         db::insert_tenants(conn, std::slice::from_ref(&tenant), now)?;
-        let users: Vec<UserRow> = (0..self.opts.signin_users)
+        let users: Vec<UserRow> = (0..n)
             .map(|i| UserRow {
                 id: uuid::Uuid::now_v7().to_string(),
                 tenant_id: tenant.id.clone(),
-                email: format!("s{i}@signin.bench.test"),
+                email: email(i),
                 role: "agent",
             })
             .collect();
         db::insert_users(conn, &users, hash, now)?;
+        Ok((tenant, users))
+    }
+
+    fn load_signin_users(&self, conn: &mut diesel::PgConnection, hash: &str, now: i64) -> BenchResult<Vec<String>> {
+        if !self.opts.runs("signin") {
+            return Ok(Vec::new());
+        }
+        let (tenant, users) =
+            Self::load_agents(conn, "bench-signin", false, 3, self.opts.signin_users, signin_address, hash, now)?;
         Ok(users.iter().map(|u| sign_in_body(&tenant.slug, &u.email)).collect())
     }
 
@@ -619,22 +632,8 @@ impl Bench {
         if !self.opts.runs("email") {
             return Ok(Vec::new());
         }
-        let tenant = TenantRow {
-            id: uuid::Uuid::now_v7().to_string(),
-            slug: "bench-email".into(),
-            two_factor: true,
-            methods: 2,
-        };
-        db::insert_tenants(conn, std::slice::from_ref(&tenant), now)?;
-        let users: Vec<UserRow> = (0..self.email_count())
-            .map(|i| UserRow {
-                id: uuid::Uuid::now_v7().to_string(),
-                tenant_id: tenant.id.clone(),
-                email: format!("e{i}@email.bench.test"),
-                role: "agent",
-            })
-            .collect();
-        db::insert_users(conn, &users, hash, now)?;
+        let (tenant, users) =
+            Self::load_agents(conn, "bench-email", true, 2, self.email_count(), email_address, hash, now)?;
         let enrollments: Vec<EnrollmentRow> = users
             .iter()
             .map(|u| EnrollmentRow {
@@ -768,7 +767,7 @@ impl Bench {
 
     async fn email(&mut self, svc: &Process, bodies: Vec<String>) -> BenchResult<()> {
         let count = bodies.len();
-        let recipients: Vec<String> = (0..count).map(|i| format!("e{i}@email.bench.test")).collect();
+        let recipients: Vec<String> = (0..count).map(email_address).collect();
         eprintln!("email: {count} users sign in…");
         let (signed, tokens) = self.collect_challenges(svc, bodies).await;
         eprintln!("email: {count} sends at {}/s…", self.opts.email_rate);
@@ -978,6 +977,16 @@ impl Bench {
 struct VerifyUsers {
     signin: Vec<String>,
     secrets: Vec<TotpSecret>,
+}
+
+/// The address of the `i`th user of the sign-in phase.
+fn signin_address(i: usize) -> String {
+    format!("s{i}@signin.bench.test")
+}
+
+/// The address of the `i`th user of the email phase (the SMTP sink expects each once).
+fn email_address(i: usize) -> String {
+    format!("e{i}@email.bench.test")
 }
 
 fn sign_in_body(tenant: &str, email: &str) -> String {
