@@ -603,9 +603,6 @@ impl Service {
         let issued = self
             .store
             .run(move |c| {
-                if !matches!(c, DbConn::Pg(_)) {
-                    return Ok(None);
-                }
                 let all = enrollments::for_user(c, user.id)?;
                 let enrolled: MethodSet = all.iter().map(|e| e.method).collect();
                 let Some(enrollment) = all.iter().find(|e| e.method == Method::Authenticator) else {
