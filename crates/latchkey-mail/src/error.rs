@@ -18,8 +18,8 @@ pub enum MailError {
     /// The SMTP URL was refused (unknown scheme or `tls` value, missing host).
     #[error("invalid SMTP URL: {0}")]
     Transport(String),
-    /// The outbox directory could not be created.
-    #[error("cannot create the mail outbox {0}: {1}")]
+    /// The outbox directory could not be created or written.
+    #[error("cannot write the mail outbox {0}: {1}")]
     Outbox(PathBuf, String),
     /// The `From` address does not parse.
     #[error("invalid mail From address `{0}`")]

@@ -31,4 +31,5 @@ mod tests;
 pub use config::{MailConfig, TransportConfig};
 pub use error::MailError;
 pub use queue::{DEFAULT_NAMESPACE, EMBEDDED_QUEUE_FILE, MailQueue};
+pub use transport::check_outbox;
 pub use worker::run_worker;

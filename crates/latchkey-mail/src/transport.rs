@@ -1,8 +1,9 @@
 //! The lettre transports: async SMTP (plain, STARTTLS or TLS, from a URL) or `.eml` files in
 //! an outbox directory.
 //!
-//! Outbox files are written by lettre's file transport into `<outbox>/.tmp/` and then renamed
-//! into `<outbox>/`, so a reader watching the outbox never sees a half-written message.
+//! Outbox files are written by lettre's file transport into `<outbox>/.tmp/`, made private
+//! (mode 0600: they hold codes and reset links) and then renamed into `<outbox>/`, so a reader
+//! watching the outbox never sees a half-written message. Both directories are mode 0700.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,8 +52,7 @@ impl Mailer {
                 Ok(Mailer::Smtp(builder.timeout(Some(timeout)).build()))
             }
             TransportConfig::Outbox(dir) => {
-                let staging_dir = dir.join(".tmp");
-                std::fs::create_dir_all(&staging_dir).map_err(|e| MailError::Outbox(dir.clone(), e.to_string()))?;
+                let staging_dir = outbox_dirs(dir).map_err(|e| MailError::Outbox(dir.clone(), e.to_string()))?;
                 Ok(Mailer::Outbox { staging: AsyncFileTransport::new(&staging_dir), staging_dir, dir: dir.clone() })
             }
         }
@@ -99,11 +99,65 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// Makes the staged file `from` private (0600) and moves it to `to`.
 async fn publish(from: &Path, to: &Path) -> std::io::Result<()> {
     tokio::task::spawn_blocking({
         let (from, to) = (from.to_owned(), to.to_owned());
-        move || std::fs::rename(from, to)
+        move || {
+            private_file(&from)?;
+            std::fs::rename(from, to)
+        }
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+#[cfg(unix)]
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(not(unix))]
+fn private_file(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Creates the outbox `dir` and its staging directory if missing, both mode 0700 (an
+/// existing staging directory is made 0700 too: messages sit there before they are
+/// private); returns the staging directory.
+fn outbox_dirs(dir: &Path) -> std::io::Result<PathBuf> {
+    let staging = dir.join(".tmp");
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder.create(&staging)?;
+        if std::fs::metadata(&staging)?.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    #[cfg(not(unix))]
+    builder.create(&staging)?;
+    Ok(staging)
+}
+
+/// Whether messages can be written to the outbox `dir` (for readiness checks): creates the
+/// directories if missing, then writes a probe file into the staging directory, moves it
+/// into `dir` and removes it, as a delivery does. The probe is a hidden file, never `.eml`.
+///
+/// Errors: [`MailError::Outbox`] with the reason (not a directory, read-only, no space…).
+pub fn check_outbox(dir: &Path) -> Result<(), MailError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    let fail = |e: std::io::Error| MailError::Outbox(dir.to_owned(), e.to_string());
+    let staging = outbox_dirs(dir).map_err(fail)?;
+    let name = format!(".probe-{}-{}", std::process::id(), PROBES.fetch_add(1, Ordering::Relaxed));
+    let (staged, target) = (staging.join(&name), dir.join(&name));
+    std::fs::write(&staged, b"probe").map_err(fail)?;
+    let moved = std::fs::rename(&staged, &target);
+    let _ = std::fs::remove_file(if moved.is_ok() { &target } else { &staged });
+    moved.map_err(fail)
 }

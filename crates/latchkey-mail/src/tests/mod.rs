@@ -357,7 +357,30 @@ async fn the_file_outbox_gets_one_eml_per_message() {
     assert_eq!(w.delivery(delivery).0, DeliveryState::Sent);
     // The staging directory is left empty: no half-written file is ever visible.
     assert_eq!(std::fs::read_dir(outbox.join(".tmp")).unwrap().count(), 0);
+    // The message (a code) is private, and so are the directories.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&files[0]), 0o600);
+        assert_eq!(mode(&outbox), 0o700);
+        assert_eq!(mode(&outbox.join(".tmp")), 0o700);
+    }
     running.stop().await;
+}
+
+#[tokio::test]
+async fn the_outbox_check_tells_whether_messages_can_be_written() {
+    let w = World::new("Acme");
+    let outbox = w.dir.path().join("checked-outbox");
+    crate::check_outbox(&outbox).unwrap();
+    assert!(outbox.join(".tmp").is_dir(), "created when missing");
+    assert_eq!(std::fs::read_dir(&outbox).unwrap().count(), 1, "no probe left behind");
+    assert_eq!(std::fs::read_dir(outbox.join(".tmp")).unwrap().count(), 0);
+    // A file where the outbox should be (refused even to root, unlike a read-only mode).
+    let blocked = w.dir.path().join("blocked-outbox");
+    std::fs::write(&blocked, b"not a directory").unwrap();
+    assert!(matches!(crate::check_outbox(&blocked), Err(MailError::Outbox(..))));
 }
 
 /// `latchkey serve` runs the worker inside its `#[actix_web::main]` system: an actix-rt
