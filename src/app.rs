@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::{App, HttpResponse, HttpServer, web};
-use latchkey_api::AppState;
+use latchkey_api::{AppState, OutboxProbe};
 use latchkey_core::metrics::Metrics;
 use latchkey_core::password::PasswordHasher;
 use latchkey_core::{Clock, Config, Keys};
-use latchkey_mail::{MailConfig, MailQueue};
+use latchkey_mail::{MailConfig, MailQueue, TransportConfig};
 use latchkey_store::Store;
 use latchkey_tenant::{ActorSettings, Outbox, Registry, Service};
 
@@ -46,10 +46,13 @@ pub enum StartError {
 }
 
 impl Core {
-    /// Opens the store (running migrations) and loads or generates the server key.
-    /// Blocking: call before serving.
+    /// Opens the store (running migrations; a SQLite file is created mode 0600) and loads or
+    /// generates the server key. Blocking: call before serving.
     pub fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
         let keys = config::keys(&config)?;
+        if let Some(file) = config::sqlite_file(&config.database_url()) {
+            config::private_file(&file)?;
+        }
         let store = Store::open(&config.database_url(), config.db_pool_size)?;
         let metrics = Metrics::new().map_err(|e| StartError::Other(e.to_string()))?;
         Ok(Self { config: Arc::new(config), store, keys, metrics, clock })
@@ -92,6 +95,8 @@ impl Core {
             self.config.signin_per_ip_per_minute,
         );
         state.request_timeout = Duration::from_secs(self.config.request_timeout_secs.max(1));
+        state.docs = self.config.docs;
+        state.outbox_probe = self.outbox_probe();
         let limiter = state.ip_limiter.clone();
         actix_rt::spawn(async move {
             let mut every = actix_rt::time::interval(Duration::from_secs(60));
@@ -107,11 +112,26 @@ impl Core {
 }
 
 impl Core {
-    /// Opens the job queue (Redis, or the embedded one in the data directory) and checks the
-    /// mail settings, so that bad ones stop the process before it serves.
+    /// With embedded mail (no `LATCHKEY_SMTP_URL`), the readiness check that the outbox
+    /// directory can be written; `None` with SMTP.
+    pub fn outbox_probe(&self) -> Option<OutboxProbe> {
+        match MailConfig::from_config(&self.config).transport {
+            TransportConfig::Outbox(dir) => {
+                Some(OutboxProbe(Arc::new(move || latchkey_mail::check_outbox(&dir).map_err(|e| e.to_string()))))
+            }
+            TransportConfig::Smtp(_) => None,
+        }
+    }
+
+    /// Opens the job queue (Redis, or the embedded one in the data directory, its file
+    /// created mode 0600) and checks the mail settings, so that bad ones stop the process
+    /// before it serves.
     pub async fn open_mail(&self) -> Result<(MailQueue, MailConfig), StartError> {
         let mail = MailConfig::from_config(&self.config);
         mail.check().map_err(|e| StartError::Other(format!("mail settings: {e}")))?;
+        if self.config.queue_url.as_deref().is_none_or(|u| u.trim().is_empty()) {
+            config::private_file(&self.config.data_dir.join(latchkey_mail::EMBEDDED_QUEUE_FILE))?;
+        }
         let queue = MailQueue::open(self.config.queue_url.as_deref(), &self.config.data_dir)
             .await
             .map_err(|e| StartError::Other(format!("LATCHKEY_QUEUE_URL: {e}")))?;
@@ -154,7 +174,8 @@ impl Core {
     }
 
     /// The worker's own HTTP endpoints (`latchkey worker`): `/metrics`, `/healthz` and
-    /// `/readyz` (database and queue), for Prometheus and orchestrators.
+    /// `/readyz` (database, queue and, with embedded mail, the outbox), for Prometheus and
+    /// orchestrators; `HEAD` wherever `GET` is.
     pub fn serve_worker_http(
         &self,
         queue: MailQueue,
@@ -162,18 +183,23 @@ impl Core {
     ) -> Result<actix_web::dev::Server, StartError> {
         let metrics = self.metrics.clone();
         let store = self.store.clone();
+        let outbox = self.outbox_probe();
         let server = HttpServer::new(move || {
             let metrics = metrics.clone();
             let store = store.clone();
             let queue = queue.clone();
+            let outbox = outbox.clone();
             App::new()
+                .wrap(actix_web::middleware::from_fn(latchkey_api::middleware::head_as_get))
                 .route(
                     "/metrics",
                     web::get().to(move || {
                         let metrics = metrics.clone();
                         async move {
                             match metrics.render() {
-                                Ok(text) => HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(text),
+                                Ok(text) => HttpResponse::Ok()
+                                    .content_type("text/plain; version=0.0.4; charset=utf-8")
+                                    .body(text),
                                 Err(_) => HttpResponse::InternalServerError().finish(),
                             }
                         }
@@ -185,11 +211,30 @@ impl Core {
                     web::get().to(move || {
                         let store = store.clone();
                         let queue = queue.clone();
+                        let outbox = outbox.clone();
                         async move {
                             let db = store.ping().await.is_ok();
                             let q = queue.check().await.is_ok();
-                            let body = serde_json::json!({"database": if db { "ok" } else { "down" }, "queue": if q { "ok" } else { "down" }});
-                            if db && q { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+                            let word = |ok: bool| if ok { "ok" } else { "down" };
+                            let mut body = serde_json::json!({"database": word(db), "queue": word(q)});
+                            let mut ready = db && q;
+                            if let Some(OutboxProbe(check)) = outbox {
+                                let written = match web::block(move || check()).await {
+                                    Ok(Ok(())) => true,
+                                    Ok(Err(e)) => {
+                                        tracing::warn!(error = %e, "readiness: outbox cannot be written");
+                                        false
+                                    }
+                                    Err(_) => false,
+                                };
+                                body["outbox"] = word(written).into();
+                                ready &= written;
+                            }
+                            if ready {
+                                HttpResponse::Ok().json(body)
+                            } else {
+                                HttpResponse::ServiceUnavailable().json(body)
+                            }
                         }
                     }),
                 )

@@ -120,33 +120,84 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
     latchkey_core::password::PasswordHasher::new(c.password_params())
         .map(drop)
         .map_err(|e| bad("LATCHKEY_ARGON2_*", e))?;
-    ensure_writable(&c.data_dir)
-        .map_err(|e| bad("LATCHKEY_DATA_DIR", format!("{} is not writable: {e}", c.data_dir.display())))
+    ensure_writable(&c.data_dir).map_err(|e| {
+        bad("LATCHKEY_DATA_DIR", format!("the data directory {} cannot be used: {e}", c.data_dir.display()))
+    })
 }
 
 /// Creates the data directory if needed (mode 0700: it holds the database, the key and the
 /// outbox of sent codes) and checks that it is writable. An existing directory keeps its
-/// mode; a warning says when others can read it.
+/// mode, but one that other users may write to is refused (they could replace the key or
+/// the database): the message names the directory and the fix. A warning says when others
+/// can read it.
 fn ensure_writable(dir: &Path) -> std::io::Result<()> {
     if !dir.exists() {
-        fs::create_dir_all(dir)?;
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
         }
+        builder.create(dir)?;
     } else {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            if fs::metadata(dir)?.permissions().mode() & 0o007 != 0 {
-                eprintln!("latchkey: warning: the data directory {} is accessible to other users", dir.display());
+            let mode = fs::metadata(dir)?.permissions().mode();
+            if mode & 0o022 != 0 {
+                return Err(std::io::Error::other(format!(
+                    "it is writable by {} (mode {:o}); make it private with `chmod 700 {}`",
+                    if mode & 0o002 != 0 { "every user" } else { "its group" },
+                    mode & 0o7777,
+                    dir.display()
+                )));
+            }
+            if mode & 0o007 != 0 {
+                eprintln!("latchkey: warning: the data directory {} is readable by other users", dir.display());
             }
         }
     }
     let probe = dir.join(format!(".latchkey-write-test-{}", std::process::id()));
     fs::File::create(&probe)?.write_all(b"ok")?;
     fs::remove_file(&probe)
+}
+
+/// Makes the file at `path` private before a library opens it: creates it empty with mode
+/// 0600 when missing (SQLite takes an empty file for a new database and gives its `-wal`,
+/// `-shm` and journal files the database file's mode), and takes the group and other
+/// permissions off an existing one (a warning when that is not allowed).
+///
+/// Errors: the file cannot be opened or created; the message names the file.
+pub fn private_file(path: &Path) -> Result<(), ConfigError> {
+    let fail = |e: std::io::Error| bad("LATCHKEY_DATA_DIR", format!("cannot make {} private: {e}", path.display()));
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let file = options.open(path).map_err(fail)?;
+        let mode = file.metadata().map_err(fail)?.permissions().mode();
+        if mode & 0o077 != 0
+            && let Err(e) = file.set_permissions(fs::Permissions::from_mode(mode & 0o700))
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot make the file private (mode 0600)");
+        }
+    }
+    #[cfg(not(unix))]
+    options.open(path).map_err(fail)?;
+    Ok(())
+}
+
+/// The file of a SQLite database URL (`None` for Postgres and in-memory databases).
+pub fn sqlite_file(database_url: &str) -> Option<PathBuf> {
+    match Backend::of(database_url) {
+        Ok((Backend::Sqlite, target)) if !target.starts_with(':') && !target.starts_with("file:") => {
+            Some(PathBuf::from(target))
+        }
+        _ => None,
+    }
 }
 
 /// The server key: `LATCHKEY_SECRET_KEY`, else `$DATA_DIR/secret.key`, generated (mode 0600)

@@ -115,6 +115,137 @@ fn migrate_and_tenant_create() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
 }
 
+/// Every file under `dir`, recursively, with its mode.
+#[cfg(unix)]
+fn modes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        let meta = entry.metadata().unwrap();
+        out.push((entry.path(), meta.permissions().mode() & 0o7777));
+        if meta.is_dir() {
+            out.extend(modes(&entry.path()));
+        }
+    }
+    out
+}
+
+/// In a data directory that exists before the first start (so its mode protects nothing
+/// new), every file the service writes — database, queue, key, their `-wal`/`-shm`
+/// companions, outbox messages — is 0600 and every directory it makes 0700.
+#[cfg(unix)]
+#[actix_rt::test]
+async fn every_file_in_a_pre_existing_data_directory_is_private() {
+    use serde_json::json;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("LATCHKEY_DATA_DIR", &data)
+        .env("LATCHKEY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("LATCHKEY_OPERATOR_TOKEN", "operator-token-for-the-mode-test")
+        .env("LATCHKEY_ARGON2_MEMORY_KIB", "64")
+        .env("LATCHKEY_ARGON2_ITERATIONS", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = awc::Client::builder().timeout(std::time::Duration::from_secs(30)).finish();
+    let mut ready = false;
+    for _ in 0..300 {
+        if let Ok(res) = client.get(format!("{base}/readyz")).send().await
+            && res.status().is_success()
+        {
+            ready = true;
+            break;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the service became ready");
+    let password = "a password for the mode test";
+    let r = client
+        .post(format!("{base}/api/v1/tenants"))
+        .insert_header(("Authorization", "Bearer operator-token-for-the-mode-test"))
+        .send_json(&json!({"slug": "acme", "name": "Acme", "admin": {"email": "admin@acme.test", "name": "Ada", "password": password}}))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let mut r = client
+        .post(format!("{base}/api/v1/auth"))
+        .send_json(&json!({"tenant": "acme", "email": "admin@acme.test", "password": password}))
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    let token = body["authentication_token"].as_str().unwrap().to_owned();
+    // Enabling 2FA by email mails a code: an `.eml` in the outbox.
+    let r = client
+        .post(format!("{base}/api/v1/settings/two-factor/enable"))
+        .insert_header(("Authorization", format!("Bearer {token}")))
+        .send_json(&json!({"password": password, "method": "email"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    wait_for_message(dir.path(), 1).await;
+    let all = modes(&data);
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    for name in ["latchkey.db", "queue.db", "secret.key", "outbox", "outbox/.tmp"] {
+        assert!(all.iter().any(|(p, _)| p.ends_with(name)), "{name} in {all:?}");
+    }
+    assert!(all.iter().any(|(p, _)| p.extension().is_some_and(|x| x == "eml")), "{all:?}");
+    for (path, mode) in &all {
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{} is {mode:o}", path.display());
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_data_directory_others_can_write_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    for (mode, who) in [(0o770, "group"), (0o777, "every user"), (0o1777, "every user")] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(mode)).unwrap();
+        for command in [&["config"][..], &["migrate"][..]] {
+            let out = latchkey(dir.path(), &[], command);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{mode:o} {command:?}: {stderr}");
+            assert!(stderr.contains(&*data.to_string_lossy()), "names the directory: {stderr}");
+            assert!(stderr.contains(&format!("chmod 700 {}", data.display())), "gives the fix: {stderr}");
+            assert!(stderr.contains(who), "{stderr}");
+        }
+        assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "nothing was written into it");
+    }
+    // Readable by others is allowed (with a warning); private is fine.
+    for mode in [0o755, 0o700] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = latchkey(dir.path(), &[], &["migrate"]);
+        assert!(out.status.success(), "{mode:o}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn the_docs_switch_is_a_configuration_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = latchkey(dir.path(), &[], &["config"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("docs: true"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = latchkey(dir.path(), &[("LATCHKEY_DOCS", "false")], &["config"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("docs: false"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("LATCHKEY_DOCS"), "a known key, no warning");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

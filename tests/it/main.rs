@@ -12,6 +12,7 @@ mod binary;
 mod deploy;
 mod email;
 mod fuzz;
+mod http;
 mod recovery;
 mod settings;
 mod signin;

@@ -717,6 +717,10 @@ pub struct Readiness {
     pub database: String,
     /// `ok` or `down`.
     pub queue: String,
+    /// `ok` when mail goes to the outbox directory (embedded mail) and it can be written;
+    /// absent with SMTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<String>,
 }
 
 #[cfg(test)]

@@ -88,9 +88,13 @@ pub enum ApiError {
     /// No route (404 `not_found`).
     #[error("no such resource")]
     NotFound,
-    /// The route exists but not for this HTTP method (405).
+    /// The route exists but not for this HTTP method (405 `http_method_not_allowed`), with
+    /// the methods it does accept for the `Allow` header (RFC 9110 section 15.5.6).
     #[error("this resource does not accept that HTTP method")]
-    HttpMethodNotAllowed,
+    HttpMethodNotAllowed {
+        /// The `Allow` header value, e.g. `GET, HEAD, PATCH`.
+        allow: Option<String>,
+    },
     /// The request took longer than the request timeout (408 `request_timeout`).
     #[error("the request took too long")]
     RequestTimeout,
@@ -106,11 +110,22 @@ impl ApiError {
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::HttpMethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "http_method_not_allowed"),
+            ApiError::HttpMethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "http_method_not_allowed"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::Domain(e) => (domain_status(e), e.code()),
         }
+    }
+
+    /// `res` (this error's problem response) with the headers the error carries besides
+    /// `Retry-After`: `Allow` on a 405.
+    pub fn with_headers(&self, mut res: HttpResponse) -> HttpResponse {
+        if let ApiError::HttpMethodNotAllowed { allow: Some(allow) } = self
+            && let Ok(value) = HeaderValue::from_str(allow)
+        {
+            res.headers_mut().insert(header::ALLOW, value);
+        }
+        res
     }
 
     /// The problem document of this error.
@@ -198,7 +213,7 @@ impl ResponseError for ApiError {
         if let ApiError::Domain(Domain::Internal(detail)) = self {
             tracing::error!(%detail, "internal error");
         }
-        problem_response(&self.problem())
+        self.with_headers(problem_response(&self.problem()))
     }
 }
 
@@ -285,6 +300,13 @@ mod tests {
         let p = ApiError::Domain(Domain::Internal("db password=hunter2".into())).problem();
         assert_eq!(p.status, 500);
         assert!(!p.detail.contains("hunter2"));
+    }
+
+    #[test]
+    fn a_405_names_the_allowed_methods() {
+        let res = ApiError::HttpMethodNotAllowed { allow: Some("GET, HEAD".into()) }.error_response();
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(res.headers().get(header::ALLOW).and_then(|v| v.to_str().ok()), Some("GET, HEAD"));
     }
 
     #[test]

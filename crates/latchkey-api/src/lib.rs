@@ -5,25 +5,29 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod handlers;
+pub mod metrics;
 pub mod middleware;
+pub mod routes;
 pub mod state;
 
 use std::net::TcpListener;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::middleware::{DefaultHeaders, ErrorHandlers, from_fn};
-use actix_web::{App, HttpServer, web};
-use actix_web_prom::{ActixMetricsConfiguration, LabelsConfiguration, PrometheusMetrics, PrometheusMetricsBuilder};
+use actix_web::{App, HttpResponse, HttpServer, guard, web};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_actix_web::AppExt;
 use utoipa_swagger_ui::SwaggerUi;
 
-pub use state::AppState;
+pub use metrics::HttpMetrics;
+pub use state::{AppState, OutboxProbe};
 
 use crate::error::ApiError;
 use crate::handlers::{agents, audit, auth, me, operator, ops, recovery, reset_page, settings};
+use crate::routes::RouteTable;
 
 struct SecuritySchemes;
 
@@ -124,28 +128,36 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     register(App::new().into_utoipa_app().openapi(base_doc())).split_for_parts().1
 }
 
-/// The HTTP request metrics middleware (`latchkey_http_requests_total{method,route,status}`,
-/// `latchkey_http_request_duration_seconds{method,route,status}`), registered in `registry`;
-/// routes are patterns, unmatched paths are `unmatched`, never raw paths.
-pub fn http_metrics(registry: &prometheus::Registry) -> Result<PrometheusMetrics, ApiError> {
-    PrometheusMetricsBuilder::new("latchkey")
-        .registry(registry.clone())
-        .mask_unmatched_patterns("unmatched")
-        .metrics_configuration(
-            ActixMetricsConfiguration::default()
-                .labels(LabelsConfiguration::default().endpoint("route"))
-                .http_requests_duration_seconds_name("http_request_duration_seconds"),
-        )
-        .build()
-        .map_err(|e| ApiError::Unavailable(format!("metrics middleware: {e}")))
+/// The HTTP request metrics (`latchkey_http_requests_total{method,route,status}`,
+/// `latchkey_http_request_duration_seconds{method,route}`), registered in `registry`; every
+/// label takes only server-chosen values (see [`metrics`]).
+///
+/// Errors: 503 `unavailable` when the registry already holds them.
+pub fn http_metrics(registry: &prometheus::Registry) -> Result<HttpMetrics, ApiError> {
+    HttpMetrics::register(registry).map_err(|e| ApiError::Unavailable(format!("metrics: {e}")))
+}
+
+/// Where the OpenAPI document is served.
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+/// The route pattern of the interactive page (`/docs/`) and its assets.
+pub const DOCS_PATTERN: &str = "/docs/{_:.*}";
+
+/// The headers of every response that does not set its own: no MIME sniffing, never framed
+/// (the reset page and `/docs/` share one origin; a framed page could be clickjacked).
+fn security_headers() -> DefaultHeaders {
+    DefaultHeaders::new()
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("Content-Security-Policy", "frame-ancestors 'none'"))
 }
 
 /// The complete app: routes, the OpenAPI document at `/api/v1/openapi.json`, the interactive
-/// page at `/docs/` (assets vendored, nothing loaded from the internet), a problem+json 404
-/// for unknown routes, and the middleware.
+/// page at `/docs/` unless `state.docs` is off (assets vendored, nothing loaded from the
+/// internet), a problem+json 404 for unknown paths and 405 with `Allow` for unknown methods,
+/// `HEAD` wherever `GET` is, and the middleware.
 pub fn app(
     state: web::Data<AppState>,
-    metrics: PrometheusMetrics,
+    metrics: HttpMetrics,
 ) -> App<
     impl ServiceFactory<
         ServiceRequest,
@@ -155,6 +167,7 @@ pub fn app(
         InitError = (),
     >,
 > {
+    let docs = state.docs;
     let (app, doc) = register(
         App::new()
             .into_utoipa_app()
@@ -166,20 +179,43 @@ pub fn app(
             .app_data(web::FormConfig::default().limit(extract::MAX_BODY_BYTES)),
     )
     .split_for_parts();
-    app.service(SwaggerUi::new("/docs/{_:.*}").url("/api/v1/openapi.json", doc))
+    let mut routes = RouteTable::from_openapi(&doc);
+    routes.add(OPENAPI_PATH, Method::GET, false);
+    if docs {
+        routes.add(DOCS_PATTERN, Method::GET, false);
+    }
+    let doc = web::Data::new(doc);
+    app.app_data(web::Data::new(routes))
+        .app_data(web::Data::new(metrics))
+        .service(web::resource(OPENAPI_PATH).guard(guard::Get()).app_data(doc).to(openapi_json))
+        .configure(|cfg| {
+            if docs {
+                cfg.service(SwaggerUi::new(DOCS_PATTERN).config(utoipa_swagger_ui::Config::from(OPENAPI_PATH)));
+            }
+        })
         .default_service(web::to(unrouted))
         .wrap(from_fn(middleware::request_timeout))
         .wrap(from_fn(middleware::ip_limit))
         .wrap(ErrorHandlers::new().default_handler(middleware::problem_for_any_error))
-        .wrap(DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))
-        .wrap(metrics)
+        .wrap(security_headers())
+        .wrap(from_fn(middleware::head_as_get))
+        .wrap(from_fn(metrics::observe))
         .wrap(from_fn(middleware::log_requests))
 }
 
-/// No route took the request: 405 when the path exists for another HTTP method, else 404.
-async fn unrouted(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    if req.resource_map().has_resource(req.path()) {
-        Err(ApiError::HttpMethodNotAllowed)
+/// `GET /api/v1/openapi.json`: the OpenAPI 3.1 document.
+async fn openapi_json(doc: web::Data<utoipa::openapi::OpenApi>) -> HttpResponse {
+    HttpResponse::Ok().json(doc.as_ref())
+}
+
+/// No route took the request: 405 with `Allow` when the path exists for other HTTP methods,
+/// else 404.
+async fn unrouted(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
+    let allow = req
+        .match_pattern()
+        .and_then(|pattern| req.app_data::<web::Data<RouteTable>>().and_then(|routes| routes.allow(&pattern)));
+    if allow.is_some() || req.resource_map().has_resource(req.path()) {
+        Err(ApiError::HttpMethodNotAllowed { allow })
     } else {
         Err(ApiError::NotFound)
     }

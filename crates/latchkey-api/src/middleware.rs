@@ -1,46 +1,59 @@
-//! Middleware: the per-client-IP limiter of unauthenticated endpoints, request logging with
-//! ids (never the query string: it may hold a reset token), and the rewrite of any error
-//! response without a problem body into one.
+//! Middleware: the per-client-IP limiter of every request but signed-in API calls, `HEAD` as
+//! `GET`, request logging with ids (never the query string: it may hold a reset token), and
+//! the rewrite of any error response without a problem body into one.
 
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::{ErrorHandlerResponse, Next};
-use actix_web::{Error, web};
+use actix_web::{Error, ResponseError as _, web};
 use governor::clock::{Clock as _, DefaultClock};
 use tracing::Instrument;
 
 use crate::error::{ApiError, PROBLEM_JSON, problem_response};
 use crate::extract::client_ip;
+use crate::routes::RouteTable;
 use crate::state::AppState;
 
-/// Whether a path is served without a session (sign-in and its second step, the reset
-/// page, the operator endpoints) and so behind the per-IP limiter. The path is compared
-/// percent-decoded, as the router matches it, so `/api/v1/%61uth` is limited too.
-pub fn is_unauthenticated(path: &str) -> bool {
-    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
-    let path = decoded.as_ref();
-    path == "/api/v1/auth"
-        || path.starts_with("/api/v1/auth/")
-        || path == "/reset-otp"
-        || path == "/api/v1/tenants"
-        || path.starts_with("/api/v1/tenants/")
-}
-
-/// The global per-client-IP limiter (`LATCHKEY_SIGNIN_PER_IP_PER_MINUTE`): runs before any
-/// tenant lookup, so unknown tenant slugs cost nothing and start no actor.
+/// The global per-client-IP limiter (`LATCHKEY_SIGNIN_PER_IP_PER_MINUTE`, DESIGN.md section
+/// 3): every request except the signed-in API endpoints ([`RouteTable::needs_session`]) —
+/// sign-in and its second step, the reset page, the operator endpoints, `/healthz`,
+/// `/readyz`, `/metrics`, the OpenAPI document and `/docs/`, unmatched paths and unknown
+/// methods. It runs before any tenant lookup, so unknown tenant slugs cost nothing and start
+/// no actor. The route is the one the raw path matches: a path the router would decode
+/// into a signed-in route (`/api/v1/%6De`) is limited too, which errs on the safe side.
 pub async fn ip_limit(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    if is_unauthenticated(req.path())
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    let signed_in = req
+        .app_data::<web::Data<RouteTable>>()
+        .zip(req.match_pattern())
+        .is_some_and(|(routes, pattern)| routes.needs_session(&pattern, req.method()));
+    if !signed_in
         && let Some(st) = req.app_data::<web::Data<AppState>>()
         && let Some(ip) = client_ip(req.request(), &st.trusted_proxies)
         && let Err(not_until) = st.ip_limiter.check_key(&ip)
     {
         let retry_after = not_until.wait_time_from(DefaultClock::default().now()).as_secs().max(1);
-        return Err(ApiError::Domain(latchkey_tenant::Error::RateLimited { retry_after }).into());
+        let refusal = ApiError::Domain(latchkey_tenant::Error::RateLimited { retry_after });
+        return Ok(req.into_response(refusal.error_response()).map_into_right_body());
+    }
+    next.call(req).await.map(ServiceResponse::map_into_left_body)
+}
+
+/// Serves `HEAD` wherever `GET` is served (RFC 9110 section 9.3.2): the request is routed
+/// as its `GET`; the HTTP layer, which knows the request was a `HEAD`, sends the same status
+/// and headers (`Content-Length` included) and no body. Must run before anything holds a
+/// second reference to the request (it rewrites the request head), i.e. outside every
+/// middleware but logging and metrics, which read the method first.
+pub async fn head_as_get(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    if req.method() == Method::HEAD {
+        req.head_mut().method = Method::GET;
     }
     next.call(req).await
 }
@@ -68,7 +81,7 @@ pub async fn log_requests(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let request_id = uuid::Uuid::now_v7().simple().to_string();
-    let method = req.method().to_string();
+    let method = crate::metrics::method_label(req.method());
     let span = tracing::info_span!(
         "http",
         request_id = %request_id,
@@ -77,16 +90,21 @@ pub async fn log_requests(
         user = tracing::field::Empty
     );
     let started = std::time::Instant::now();
+    let by_path = req.match_pattern();
     async move {
-        let mut res = next.call(req).await?;
-        let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-        let status = res.status().as_u16();
+        let result = next.call(req).await;
+        let (route, status) = match &result {
+            Ok(res) => (res.request().match_pattern().or(by_path), res.status().as_u16()),
+            Err(e) => (by_path, e.as_response_error().status_code().as_u16()),
+        };
+        let route = route.as_deref().unwrap_or(crate::metrics::UNMATCHED).to_owned();
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         if status >= 500 {
             tracing::error!(%route, status, ms, "request failed");
         } else {
             tracing::info!(%route, status, ms, "request");
         }
+        let mut res = result?;
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             res.headers_mut().insert(header::HeaderName::from_static("x-request-id"), v);
         }
@@ -111,7 +129,13 @@ pub fn problem_for_any_error<B: MessageBody + 'static>(
     }
     let api = match res.status() {
         StatusCode::NOT_FOUND => ApiError::NotFound,
-        StatusCode::METHOD_NOT_ALLOWED => ApiError::HttpMethodNotAllowed,
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::HttpMethodNotAllowed {
+            allow: res
+                .request()
+                .match_pattern()
+                .and_then(|p| res.request().app_data::<web::Data<RouteTable>>().and_then(|routes| routes.allow(&p)))
+                .or_else(|| res.headers().get(header::ALLOW).and_then(|v| v.to_str().ok()).map(str::to_owned)),
+        },
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
         StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable("service unavailable".into()),
@@ -121,7 +145,7 @@ pub fn problem_for_any_error<B: MessageBody + 'static>(
     let mut problem = api.problem();
     problem.status = res.status().as_u16();
     let (req, _) = res.into_parts();
-    let response: actix_web::HttpResponse<BoxBody> = problem_response(&problem);
+    let response: actix_web::HttpResponse<BoxBody> = api.with_headers(problem_response(&problem));
     let res = ServiceResponse::new(req, response).map_into_boxed_body();
     Ok(ErrorHandlerResponse::Response(res.map_body(|_, b| EitherBody::right(b))))
 }

@@ -23,20 +23,30 @@ pub struct AppState {
     pub operator_token: Option<String>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<Vec<IpNet>>,
-    /// The global per-client-IP limiter of unauthenticated endpoints.
+    /// The global per-client-IP limiter of every request but signed-in API calls.
     pub ip_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     /// Longest time a request may take, body included.
     pub request_timeout: std::time::Duration,
+    /// Whether `/docs/` (the interactive API page) is served (`LATCHKEY_DOCS`).
+    pub docs: bool,
+    /// With embedded mail, the check that the outbox directory can be written, run by
+    /// `/readyz`; `None` with SMTP.
+    pub outbox_probe: Option<OutboxProbe>,
 }
 
-impl std::fmt::Debug for AppState {
+/// A blocking check (run on the blocking pool) that says why the outbox cannot be written.
+#[derive(Clone)]
+pub struct OutboxProbe(pub Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for OutboxProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("service", &self.service).finish_non_exhaustive()
+        f.write_str("OutboxProbe")
     }
 }
 
 impl AppState {
-    /// The state; `per_ip_per_minute` is the budget of unauthenticated requests per client IP.
+    /// The state; `per_ip_per_minute` is the budget per client IP of every request but
+    /// signed-in API calls. `/docs/` on, no outbox probe, a 30 s request timeout.
     pub fn new(
         service: Service,
         clock: Arc<dyn Clock>,
@@ -54,6 +64,8 @@ impl AppState {
             trusted_proxies: Arc::new(trusted_proxies),
             ip_limiter: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
             request_timeout: std::time::Duration::from_secs(30),
+            docs: true,
+            outbox_probe: None,
         }
     }
 }

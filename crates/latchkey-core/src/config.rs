@@ -114,6 +114,9 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     /// Longest time one request may take, body included; then 408 (default 30).
     pub request_timeout_secs: u64,
+    /// Whether `/docs/` (the interactive API page, Swagger UI) is served (default true);
+    /// `/api/v1/openapi.json` is served either way.
+    pub docs: bool,
     /// Log format: `text` or `json` (default `text`).
     pub log_format: LogFormat,
     /// argon2id memory cost in KiB (default 19456).
@@ -160,6 +163,7 @@ impl Default for Config {
             db_pool_size: 16,
             shutdown_timeout_secs: 30,
             request_timeout_secs: 30,
+            docs: true,
             log_format: LogFormat::Text,
             argon2_memory_kib: pw.memory_kib,
             argon2_iterations: pw.iterations,

@@ -8,7 +8,7 @@ use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterV
 /// Name of the HTTP request counter, `{method,route,status}`; registered by the API's
 /// metrics middleware in the same registry.
 pub const HTTP_REQUESTS: &str = "latchkey_http_requests_total";
-/// Name of the HTTP latency histogram, `{method,route,status}` (seconds).
+/// Name of the HTTP latency histogram, `{method,route}` (seconds).
 pub const HTTP_DURATION: &str = "latchkey_http_request_duration_seconds";
 
 /// Every metric Latchkey exports, registered in [`Metrics::registry`].

@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, get, web};
 
 use crate::dto::Readiness;
 use crate::error::{ApiError, Problem, problem_response};
-use crate::state::AppState;
+use crate::state::{AppState, OutboxProbe};
 
 /// The process is up.
 #[utoipa::path(tag = "operations", responses((status = 200, description = "Up", body = String)))]
@@ -14,7 +14,9 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; charset=utf-8").body("ok")
 }
 
-/// The database and the queue answer; otherwise 503 naming what is down.
+/// The database and the queue answer and, with embedded mail, the outbox directory can be
+/// written ([`AppState::outbox_probe`]); otherwise 503 naming what is down (the reason is
+/// logged, not answered).
 #[utoipa::path(
     tag = "operations",
     responses(
@@ -32,12 +34,23 @@ pub async fn readyz(st: web::Data<AppState>) -> HttpResponse {
     if let Err(e) = &queue {
         tracing::warn!(error = %e, "readiness: queue down");
     }
-    let down: Vec<&str> = [("database", db.is_err()), ("queue", queue.is_err())]
+    let outbox = match st.outbox_probe.clone() {
+        Some(OutboxProbe(check)) => {
+            let result = web::block(move || check()).await.unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "readiness: outbox cannot be written");
+            }
+            Some(result.is_ok())
+        }
+        None => None,
+    };
+    let down: Vec<&str> = [("database", db.is_err()), ("queue", queue.is_err()), ("outbox", outbox == Some(false))]
         .into_iter()
         .filter_map(|(name, is_down)| is_down.then_some(name))
         .collect();
     if down.is_empty() {
-        return HttpResponse::Ok().json(Readiness { database: "ok".into(), queue: "ok".into() });
+        let outbox = outbox.map(|_| "ok".to_owned());
+        return HttpResponse::Ok().json(Readiness { database: "ok".into(), queue: "ok".into(), outbox });
     }
     problem_response(&ApiError::Unavailable(format!("not ready: {} down", down.join(" and "))).problem())
 }
