@@ -115,6 +115,19 @@ fn migrate_and_tenant_create() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
 }
 
+/// Waits up to 30 s for `/readyz` of the service at `base` to answer 2xx.
+async fn wait_ready(client: &awc::Client, base: &str) {
+    for _ in 0..300 {
+        if let Ok(res) = client.get(format!("{base}/readyz")).send().await
+            && res.status().is_success()
+        {
+            return;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the service did not become ready");
+}
+
 /// Every file under `dir`, recursively, with its mode.
 #[cfg(unix)]
 fn modes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
@@ -157,17 +170,7 @@ async fn every_file_in_a_pre_existing_data_directory_is_private() {
         .spawn()
         .unwrap();
     let client = awc::Client::builder().timeout(std::time::Duration::from_secs(30)).finish();
-    let mut ready = false;
-    for _ in 0..300 {
-        if let Ok(res) = client.get(format!("{base}/readyz")).send().await
-            && res.status().is_success()
-        {
-            ready = true;
-            break;
-        }
-        actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(ready, "the service became ready");
+    wait_ready(&client, &base).await;
     let password = "a password for the mode test";
     let r = client
         .post(format!("{base}/api/v1/tenants"))
@@ -195,7 +198,7 @@ async fn every_file_in_a_pre_existing_data_directory_is_private() {
     let all = modes(&data);
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
-    for name in ["latchkey.db", "queue.db", "secret.key", "outbox", "outbox/.tmp"] {
+    for name in ["latchkey.db", "latchkey.db-wal", "queue.db", "queue.db-wal", "secret.key", "outbox", "outbox/.tmp"] {
         assert!(all.iter().any(|(p, _)| p.ends_with(name)), "{name} in {all:?}");
     }
     assert!(all.iter().any(|(p, _)| p.extension().is_some_and(|x| x == "eml")), "{all:?}");
@@ -347,17 +350,7 @@ async fn the_binary_serves_a_full_flow_logs_no_secret_and_stops_cleanly_on_sigte
             (status, v)
         }
     };
-    let mut ready = false;
-    for _ in 0..300 {
-        if let Ok(res) = client.get(format!("{base}/readyz")).send().await
-            && res.status().is_success()
-        {
-            ready = true;
-            break;
-        }
-        actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(ready, "the service became ready");
+    wait_ready(&client, &base).await;
     let mut secrets: Vec<String> = vec!["operator-token-for-the-log-test".into()];
     let admin_pw = "admin password that must not be logged".to_owned();
     let agent_pw = "agent password that must not be logged".to_owned();
