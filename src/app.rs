@@ -73,6 +73,7 @@ impl Core {
             self.keys.clone(),
             Arc::new(hasher),
             self.config.limits(),
+            latchkey_tenant::ServerSettings::from_config(&self.config),
             outbox,
             self.metrics.clone(),
             registry,

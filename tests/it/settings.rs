@@ -16,9 +16,10 @@ async fn enabling_with_an_authenticator() {
         app.user(&a, &agent, "agent").await;
         let agent_session = app.token(&t, &agent).await;
         let s = app.get_as(&a, "/api/v1/settings/two-factor").await;
+        assert_eq!(s.body["enabled"], json!(false));
         assert_eq!(
-            s.body,
-            json!({"enabled": false, "methods": {"admin": ["authenticator", "email"], "supervisor": ["authenticator", "email"], "agent": ["authenticator", "email"]}})
+            s.body["methods"],
+            json!({"admin": ["authenticator", "email"], "supervisor": ["authenticator", "email"], "agent": ["authenticator", "email"]})
         );
         let r = app
             .post_as(
@@ -221,4 +222,85 @@ async fn a_policy_change_reaches_another_process_quickly() {
     actix_rt::time::sleep(std::time::Duration::from_millis(300)).await;
     let r = twin.login(&t, &agent).await;
     assert_eq!(r.body["two_factor"]["next"], "enroll", "{r:?}");
+}
+
+#[actix_rt::test]
+async fn version_two_settings_have_defaults_and_checked_changes() {
+    for db in backends() {
+        let app = TestApp::spawn(db, |c| c.public_url = Some("http://localhost:9999".into())).await;
+        let t = slug("sett");
+        app.tenant(&t).await;
+        let a = app.token(&t, &admin(&t)).await;
+        let s = app.get_as(&a, "/api/v1/settings/two-factor").await;
+        assert_eq!(s.body["webauthn"], json!({"rp_id": "localhost", "origins": ["http://localhost:9999"]}));
+        assert_eq!(s.body["passkey_sign_in"], json!(false));
+        assert_eq!(s.body["recovery_codes"], json!({"admin": true, "supervisor": true, "agent": true}));
+        assert_eq!(s.body["remember_device_days"], json!({"admin": 0, "supervisor": 0, "agent": 0}));
+        assert_eq!(s.body["enrollment_grace_days"], json!(0));
+        assert_eq!(s.body["notices"], json!({"security": true, "recovery_requests": true}));
+        assert_eq!(s.body["return_urls"], json!([]));
+
+        // A per-role object may name some roles; the others keep their values.
+        let r = app
+            .patch_as(
+                &a,
+                "/api/v1/settings/two-factor",
+                json!({"remember_device_days": {"agent": 30}, "notices": {"security": false}}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body["remember_device_days"], json!({"admin": 0, "supervisor": 0, "agent": 30}));
+        assert_eq!(r.body["notices"], json!({"security": false, "recovery_requests": true}));
+        for bad in [
+            json!({"remember_device_days": {"agent": 91}}),
+            json!({"enrollment_grace_days": -1}),
+            json!({"unknown": true}),
+            json!({"recovery_codes": {"root": true}}),
+            json!({"return_urls": ["javascript:alert(1)"]}),
+            json!({"webauthn": {"rp_id": "127.0.0.1", "origins": ["http://127.0.0.1:9999"]}}),
+        ] {
+            let r = app.patch_as(&a, "/api/v1/settings/two-factor", bad.clone()).await;
+            assert_eq!((r.status, r.code()), (400, "invalid_request"), "{bad}: {r:?}");
+        }
+        // A refused change changes nothing.
+        let s = app.get_as(&a, "/api/v1/settings/two-factor").await;
+        assert_eq!(s.body["remember_device_days"]["agent"], json!(30));
+        let r = app
+            .call(
+                "PUT",
+                "/api/v1/settings/two-factor/webauthn",
+                Some(json!({"rp_id": "App.Localhost", "origins": ["http://app.localhost:9999/"]})),
+                Some(&a),
+            )
+            .await;
+        assert_eq!(
+            r.body["webauthn"],
+            json!({"rp_id": "app.localhost", "origins": ["http://app.localhost:9999"]}),
+            "{r:?}"
+        );
+        let r = app
+            .call(
+                "PUT",
+                "/api/v1/settings/two-factor/webauthn",
+                Some(json!({"rp_id": "example.com", "origins": ["https://evil.example"]})),
+                Some(&a),
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (400, "invalid_request"));
+        let events = app.get_as(&a, "/api/v1/audit-events?kind=settings_changed").await;
+        assert_eq!(events.body["items"].as_array().map(Vec::len), Some(2), "{events:?}");
+
+        // Agents may not; while 2FA is on, a stale second factor may not either.
+        let agent = format!("agent@{t}.test");
+        app.user(&a, &agent, "agent").await;
+        let ag = app.token(&t, &agent).await;
+        let r = app.patch_as(&ag, "/api/v1/settings/two-factor", json!({"passkey_sign_in": true})).await;
+        assert_eq!((r.status, r.code()), (403, "forbidden"));
+        app.enable_authenticator(&a).await;
+        let r = app.patch_as(&a, "/api/v1/settings/two-factor", json!({"passkey_sign_in": true})).await;
+        assert_eq!((r.status, r.body["passkey_sign_in"].clone()), (200, json!(true)), "{r:?}");
+        app.clock.advance(chrono::Duration::seconds(301));
+        let r = app.patch_as(&a, "/api/v1/settings/two-factor", json!({"passkey_sign_in": false})).await;
+        assert_eq!((r.status, r.code()), (403, "step_up_required"));
+    }
 }

@@ -1,8 +1,10 @@
 //! Request and response bodies of the HTTP contract (DESIGN.md section 3).
 
 use chrono::{DateTime, Utc};
+use latchkey_core::settings::{NoticesChange, PerRole, PerRoleChange, RelyingParty, SettingsChange};
 use latchkey_core::{Method, Role};
-use latchkey_store::model::{AuditEvent, TwoFactorPolicy};
+use latchkey_store::model::AuditEvent;
+use latchkey_tenant::SettingsView;
 use latchkey_tenant::{ChallengeView, RecoveryView, UserView};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -457,17 +459,110 @@ pub struct RoleMethods {
     pub agent: Vec<MethodDto>,
 }
 
-/// `GET /api/v1/settings/two-factor` answer.
+/// A value per role.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+pub struct PerRoleDto<T> {
+    /// Admins.
+    pub admin: T,
+    /// Supervisors.
+    pub supervisor: T,
+    /// Agents.
+    pub agent: T,
+}
+
+impl<T: Copy> From<PerRole<T>> for PerRoleDto<T> {
+    fn from(p: PerRole<T>) -> Self {
+        Self { admin: p.admin, supervisor: p.supervisor, agent: p.agent }
+    }
+}
+
+/// New values for some roles; a missing role keeps its value.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PerRoleChangeDto<T> {
+    /// Admins.
+    pub admin: Option<T>,
+    /// Supervisors.
+    pub supervisor: Option<T>,
+    /// Agents.
+    pub agent: Option<T>,
+}
+
+impl<T> From<PerRoleChangeDto<T>> for PerRoleChange<T> {
+    fn from(p: PerRoleChangeDto<T>) -> Self {
+        Self { admin: p.admin, supervisor: p.supervisor, agent: p.agent }
+    }
+}
+
+/// A WebAuthn relying party (DESIGN.md 5.1).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelyingPartyDto {
+    /// The RP id: a domain name, never an IP address.
+    pub rp_id: String,
+    /// Accepted origins: `https://…`, or `http://` on `localhost` / `*.localhost`, on the RP id
+    /// or a subdomain of it.
+    pub origins: Vec<String>,
+}
+
+impl From<RelyingParty> for RelyingPartyDto {
+    fn from(rp: RelyingParty) -> Self {
+        Self { rp_id: rp.rp_id, origins: rp.origins }
+    }
+}
+
+impl From<RelyingPartyDto> for RelyingParty {
+    fn from(rp: RelyingPartyDto) -> Self {
+        Self { rp_id: rp.rp_id, origins: rp.origins }
+    }
+}
+
+/// Which notices are sent (DESIGN.md 5.6).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct NoticesDto {
+    /// Security notices to users about their own account.
+    pub security: bool,
+    /// Notices to every admin about a new recovery request.
+    pub recovery_requests: bool,
+}
+
+/// Some notice groups turned on or off.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoticesChangeDto {
+    /// Security notices.
+    pub security: Option<bool>,
+    /// Recovery-request notices.
+    pub recovery_requests: Option<bool>,
+}
+
+/// `GET /api/v1/settings/two-factor` answer (DESIGN.md sections 3 and 5.8).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TwoFactorSettings {
     /// Whether 2FA is required at sign-in.
     pub enabled: bool,
     /// Methods allowed per role.
     pub methods: RoleMethods,
+    /// The relying party in force (the tenant's own, or the server's default).
+    pub webauthn: RelyingPartyDto,
+    /// Whether passwordless passkey sign-in is on.
+    pub passkey_sign_in: bool,
+    /// Whether each role may use recovery codes.
+    pub recovery_codes: PerRoleDto<bool>,
+    /// Days a trusted device lasts per role (0 = off).
+    pub remember_device_days: PerRoleDto<u32>,
+    /// Days supervisors and agents may skip enrollment (0 = none).
+    pub enrollment_grace_days: u32,
+    /// Which notices are sent.
+    pub notices: NoticesDto,
+    /// URL prefixes a hosted sign-in may hand off to.
+    pub return_urls: Vec<String>,
 }
 
-impl From<&TwoFactorPolicy> for TwoFactorSettings {
-    fn from(p: &TwoFactorPolicy) -> Self {
+impl From<&SettingsView> for TwoFactorSettings {
+    fn from(v: &SettingsView) -> Self {
+        let p = &v.policy;
+        let s = &v.settings;
         Self {
             enabled: p.enabled,
             methods: RoleMethods {
@@ -475,6 +570,48 @@ impl From<&TwoFactorPolicy> for TwoFactorSettings {
                 supervisor: methods(&p.supervisor.to_vec()),
                 agent: methods(&p.agent.to_vec()),
             },
+            webauthn: v.relying_party.clone().into(),
+            passkey_sign_in: s.passkey_sign_in,
+            recovery_codes: s.recovery_codes.into(),
+            remember_device_days: s.remember_device_days.into(),
+            enrollment_grace_days: s.enrollment_grace_days,
+            notices: NoticesDto { security: s.notices.security, recovery_requests: s.notices.recovery_requests },
+            return_urls: s.return_urls.clone(),
+        }
+    }
+}
+
+/// `PATCH /api/v1/settings/two-factor` body: any of the settings; a missing one keeps its
+/// value, a per-role object may name only some roles.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    /// The tenant's own relying party.
+    pub webauthn: Option<RelyingPartyDto>,
+    /// Passwordless passkey sign-in on or off.
+    pub passkey_sign_in: Option<bool>,
+    /// Recovery codes per role.
+    pub recovery_codes: Option<PerRoleChangeDto<bool>>,
+    /// Trusted-device days per role (0 to `LATCHKEY_REMEMBER_DEVICE_MAX_DAYS`).
+    pub remember_device_days: Option<PerRoleChangeDto<u32>>,
+    /// Grace period in days (0 to `LATCHKEY_ENROLLMENT_GRACE_MAX_DAYS`).
+    pub enrollment_grace_days: Option<u32>,
+    /// Notice groups.
+    pub notices: Option<NoticesChangeDto>,
+    /// The whole list of return URL prefixes.
+    pub return_urls: Option<Vec<String>>,
+}
+
+impl From<SettingsPatch> for SettingsChange {
+    fn from(p: SettingsPatch) -> Self {
+        Self {
+            webauthn: p.webauthn.map(Into::into),
+            passkey_sign_in: p.passkey_sign_in,
+            recovery_codes: p.recovery_codes.map(Into::into),
+            remember_device_days: p.remember_device_days.map(Into::into),
+            enrollment_grace_days: p.enrollment_grace_days,
+            notices: p.notices.map(|n| NoticesChange { security: n.security, recovery_requests: n.recovery_requests }),
+            return_urls: p.return_urls,
         }
     }
 }

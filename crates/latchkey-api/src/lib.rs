@@ -102,6 +102,8 @@ where
         .service(settings::enable_confirm)
         .service(settings::disable)
         .service(settings::put_methods)
+        .service(settings::patch_settings)
+        .service(settings::put_webauthn)
         .service(agents::list)
         .service(agents::create)
         .service(agents::update)

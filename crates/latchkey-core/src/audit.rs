@@ -77,6 +77,32 @@ kinds! {
     PasswordChanged => "password_changed",
     /// The operator reset a user's 2FA.
     OperatorReset => "operator_reset",
+    /// A recovery code was used to sign in (DESIGN.md 5.2).
+    RecoveryCodeUsed => "recovery_code_used",
+    /// A user generated a new set of recovery codes.
+    RecoveryCodesGenerated => "recovery_codes_generated",
+    /// A user removed a second factor (a method or a passkey).
+    FactorRemoved => "factor_removed",
+    /// A WebAuthn assertion came with a signature counter that did not grow (DESIGN.md 5.1).
+    WebauthnCounterRegressed => "webauthn_counter_regressed",
+    /// A trusted device was remembered (DESIGN.md 5.4).
+    TrustedDeviceCreated => "trusted_device_created",
+    /// A trusted device was revoked.
+    TrustedDeviceRevoked => "trusted_device_revoked",
+    /// A supervisor or agent skipped enrollment in the grace period (DESIGN.md 5.5).
+    EnrollmentSkipped => "enrollment_skipped",
+    /// An admin reset a user's second factor (DESIGN.md 5.8).
+    AdminReset => "admin_reset",
+    /// A session's second factor was verified again (step-up, DESIGN.md 5.3).
+    StepUp => "step_up",
+    /// An admin created a webhook (DESIGN.md 5.6).
+    WebhookCreated => "webhook_created",
+    /// An admin changed a webhook or rotated its secret.
+    WebhookChanged => "webhook_changed",
+    /// An admin deleted a webhook.
+    WebhookDeleted => "webhook_deleted",
+    /// An admin changed the tenant's settings (DESIGN.md 5.8).
+    SettingsChanged => "settings_changed",
 }
 
 impl fmt::Display for AuditKind {
@@ -91,7 +117,7 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        assert_eq!(AuditKind::ALL.len(), 19);
+        assert_eq!(AuditKind::ALL.len(), 32);
         for k in AuditKind::ALL {
             assert_eq!(k.as_str().parse::<AuditKind>().ok(), Some(*k));
             assert_eq!(serde_json::to_string(k).ok(), Some(format!("\"{}\"", k.as_str())));

@@ -92,6 +92,17 @@ pub struct Config {
     pub signin_per_ip_per_minute: u32,
     /// How recent a session's second factor must be for sensitive admin actions (default 300).
     pub step_up_secs: u64,
+    /// Most days a tenant may let a trusted device last (default 90, DESIGN.md 5.4).
+    pub remember_device_max_days: u32,
+    /// Most days of a tenant's enrollment grace period (default 365, DESIGN.md 5.5).
+    pub enrollment_grace_max_days: u32,
+    /// The default WebAuthn relying party id; default: the host of the public URL
+    /// (DESIGN.md 5.1). A domain name, never an IP address.
+    pub webauthn_rp_id: Option<String>,
+    /// The default accepted WebAuthn origins (comma-separated); default: the origin of the
+    /// public URL.
+    #[serde(deserialize_with = "comma_strings")]
+    pub webauthn_origins: Vec<String>,
 
     /// Idle time after which a tenant's actor stops (default 600).
     pub tenant_idle_secs: u64,
@@ -154,6 +165,10 @@ impl Default for Config {
             signin_window_secs: 900,
             signin_per_ip_per_minute: 600,
             step_up_secs: 300,
+            remember_device_max_days: 90,
+            enrollment_grace_max_days: 365,
+            webauthn_rp_id: None,
+            webauthn_origins: Vec::new(),
             tenant_idle_secs: 600,
             policy_cache_ms: 1000,
             tenant_requests_per_second: 2000,
@@ -215,6 +230,33 @@ impl Config {
     pub fn public_url(&self) -> String {
         let url = self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen));
         url.trim_end_matches('/').to_owned()
+    }
+
+    /// The server's bounds on tenant settings.
+    pub fn settings_bounds(&self) -> crate::settings::SettingsBounds {
+        crate::settings::SettingsBounds {
+            remember_device_max_days: self.remember_device_max_days,
+            enrollment_grace_max_days: self.enrollment_grace_max_days,
+        }
+    }
+
+    /// The default WebAuthn relying party: `webauthn_rp_id` or the host of the public URL,
+    /// and `webauthn_origins` or the public URL's origin (DESIGN.md 5.1). Not checked here
+    /// (see [`crate::settings::check_relying_party`]).
+    pub fn relying_party(&self) -> crate::settings::RelyingParty {
+        let public = self.public_url();
+        let (scheme, rest) = public.split_once("://").unwrap_or(("http", public.as_str()));
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+        let origin = format!("{scheme}://{authority}");
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => authority.split(':').next().unwrap_or(authority),
+        }
+        .to_ascii_lowercase();
+        crate::settings::RelyingParty {
+            rp_id: self.webauthn_rp_id.clone().unwrap_or(host),
+            origins: if self.webauthn_origins.is_empty() { vec![origin] } else { self.webauthn_origins.clone() },
+        }
     }
 
     /// The product limits as durations.
@@ -318,6 +360,21 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error>
     })
 }
 
+/// Accepts `"a, b"` or a list of strings; empty items are dropped.
+fn comma_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match Raw::deserialize(d)? {
+        Raw::One(s) => s.split(',').map(str::to_owned).collect(),
+        Raw::Many(v) => v,
+    };
+    Ok(items.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+}
+
 /// Accepts `"10.0.0.1, 10.1.0.0/16"` or a list; bare addresses become host networks.
 fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
     #[derive(Deserialize)]
@@ -363,6 +420,23 @@ mod tests {
         assert_eq!(l.session_ttl, Duration::hours(12));
         assert_eq!(l.signin_max_failures, 10);
         assert_eq!(l.step_up, Duration::minutes(5));
+        assert_eq!(c.settings_bounds(), crate::settings::SettingsBounds::default());
+    }
+
+    #[test]
+    fn the_default_relying_party_is_the_public_url() {
+        let c = Config { public_url: Some("http://localhost:8123/".into()), ..Config::default() };
+        let rp = c.relying_party();
+        assert_eq!((rp.rp_id.as_str(), rp.origins.clone()), ("localhost", vec!["http://localhost:8123".to_owned()]));
+        let c = Config { public_url: Some("https://Login.Example.com/base".into()), ..Config::default() };
+        assert_eq!(c.relying_party().rp_id, "login.example.com");
+        assert_eq!(c.relying_party().origins, vec!["https://Login.Example.com".to_owned()]);
+        let c = Config {
+            webauthn_rp_id: Some("example.com".into()),
+            webauthn_origins: vec!["https://a.example.com".into()],
+            ..Config::default()
+        };
+        assert_eq!(c.relying_party().origins, vec!["https://a.example.com".to_owned()]);
     }
 
     #[test]

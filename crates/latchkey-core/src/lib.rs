@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod otp;
 pub mod password;
 pub mod role;
+pub mod settings;
 pub mod totp;
 
 pub use audit::AuditKind;

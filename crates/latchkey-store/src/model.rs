@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use latchkey_core::otp::OtpLockout;
+use latchkey_core::settings::TenantSettings;
 use latchkey_core::{
     AuditEventId, AuditKind, ChallengeId, EmailCodeId, Method, MethodSet, RecoveryRequestId, ResetTokenId, Role,
     SessionId, TenantId, UserId,
@@ -76,6 +77,8 @@ pub struct Tenant {
     pub name: String,
     /// The 2FA policy.
     pub policy: TwoFactorPolicy,
+    /// The version-2 settings (DESIGN.md 5.8).
+    pub settings: TenantSettings,
     /// Creation time.
     pub created_at: DateTime<Utc>,
 }

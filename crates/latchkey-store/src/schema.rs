@@ -13,6 +13,7 @@ diesel::table! {
         methods_agent -> Integer,
         created_at -> BigInt,
         updated_at -> BigInt,
+        settings -> Text,
     }
 }
 

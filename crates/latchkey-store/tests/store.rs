@@ -45,6 +45,7 @@ fn seed(store: &Store) -> (TenantId, UserId) {
         slug: "acme".into(),
         name: "Acme".into(),
         policy: TwoFactorPolicy::default(),
+        settings: Default::default(),
         created_at: now(),
     };
     let user = User {
@@ -90,6 +91,7 @@ fn migrations_are_idempotent_and_constraints_hold() {
             slug: "acme".into(),
             name: "Other".into(),
             policy: TwoFactorPolicy::default(),
+            settings: Default::default(),
             created_at: now(),
         };
         assert!(store.run_blocking(|c| tenants::insert(c, &dup)).unwrap_err().is_conflict());

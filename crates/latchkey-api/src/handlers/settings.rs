@@ -1,14 +1,14 @@
 //! Tenant 2FA settings (admin): `/api/v1/settings/two-factor*`.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, get, post, put, web};
+use actix_web::{HttpResponse, get, patch, post, put, web};
 use latchkey_core::MethodSet;
 use latchkey_tenant::MethodChanges;
 
 use super::{code_shape, json};
 use crate::dto::{
     EnableConfirmRequest, EnableRequest, EnableResponse, EnabledResponse, MethodDto, MethodsRequest, PasswordRequest,
-    TwoFactorSettings,
+    RelyingPartyDto, SettingsPatch, TwoFactorSettings,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::Authed;
@@ -26,8 +26,57 @@ use crate::state::AppState;
 )]
 #[get("/api/v1/settings/two-factor")]
 pub async fn get_settings(st: web::Data<AppState>, authed: Authed) -> ApiResult<HttpResponse> {
-    let policy = st.service.two_factor_settings(&authed.auth)?;
-    Ok(json(StatusCode::OK, &TwoFactorSettings::from(&policy)))
+    let view = st.service.two_factor_settings(&authed.auth)?;
+    Ok(json(StatusCode::OK, &TwoFactorSettings::from(&view)))
+}
+
+/// Changes any of the tenant's version-2 settings (DESIGN.md 5.8): the relying party,
+/// passwordless sign-in, recovery codes, trusted-device days, the grace period, notices and
+/// return URLs. A recent second factor is needed while 2FA is on.
+#[utoipa::path(
+    tag = "settings",
+    security(("bearer" = [])),
+    request_body = SettingsPatch,
+    responses(
+        (status = 200, description = "The settings", body = TwoFactorSettings),
+        (status = 400, description = "`invalid_request`: a value out of bounds, an unknown field, a bad relying party or return URL", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`, `step_up_required`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[patch("/api/v1/settings/two-factor")]
+pub async fn patch_settings(
+    st: web::Data<AppState>,
+    authed: Authed,
+    body: web::Json<SettingsPatch>,
+) -> ApiResult<HttpResponse> {
+    let view = st.service.update_settings(&authed.ctx, &authed.auth, body.into_inner().into()).await?;
+    Ok(json(StatusCode::OK, &TwoFactorSettings::from(&view)))
+}
+
+/// Sets the tenant's own WebAuthn relying party (DESIGN.md 5.1); the same as `PATCH` with
+/// `webauthn`.
+#[utoipa::path(
+    tag = "settings",
+    security(("bearer" = [])),
+    request_body = RelyingPartyDto,
+    responses(
+        (status = 200, description = "The settings", body = TwoFactorSettings),
+        (status = 400, description = "`invalid_request`: an IP address or bad name as RP id, an origin not on it", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`, `step_up_required`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[put("/api/v1/settings/two-factor/webauthn")]
+pub async fn put_webauthn(
+    st: web::Data<AppState>,
+    authed: Authed,
+    body: web::Json<RelyingPartyDto>,
+) -> ApiResult<HttpResponse> {
+    let change =
+        latchkey_core::settings::SettingsChange { webauthn: Some(body.into_inner().into()), ..Default::default() };
+    let view = st.service.update_settings(&authed.ctx, &authed.auth, change).await?;
+    Ok(json(StatusCode::OK, &TwoFactorSettings::from(&view)))
 }
 
 /// Starts turning 2FA on: re-enter the password and choose the admin's method. Authenticator:
@@ -148,6 +197,6 @@ pub async fn put_methods(
         supervisor: method_set(body.supervisor.as_ref())?,
         agent: method_set(body.agent.as_ref())?,
     };
-    let policy = st.service.set_methods(&authed.ctx, &authed.auth, changes).await?;
-    Ok(json(StatusCode::OK, &TwoFactorSettings::from(&policy)))
+    let view = st.service.set_methods(&authed.ctx, &authed.auth, changes).await?;
+    Ok(json(StatusCode::OK, &TwoFactorSettings::from(&view)))
 }

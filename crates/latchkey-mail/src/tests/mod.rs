@@ -67,6 +67,7 @@ impl World {
                         slug: format!("t-{}", tenant.0.simple()),
                         name,
                         policy: TwoFactorPolicy::default(),
+                        settings: Default::default(),
                         created_at: now,
                     },
                 )?;

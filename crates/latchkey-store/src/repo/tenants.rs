@@ -2,10 +2,11 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use latchkey_core::settings::TenantSettings;
 use latchkey_core::{MethodSet, TenantId};
 
 use crate::DbConn;
-use crate::error::StoreResult;
+use crate::error::{StoreError, StoreResult};
 use crate::model::{Tenant, TwoFactorPolicy, at, ms, parse};
 use crate::schema::tenants;
 
@@ -21,6 +22,7 @@ struct Row {
     methods_agent: i32,
     created_at: i64,
     updated_at: i64,
+    settings: String,
 }
 
 impl Row {
@@ -35,6 +37,7 @@ impl Row {
                 supervisor: MethodSet::from_bits(self.methods_supervisor),
                 agent: MethodSet::from_bits(self.methods_agent),
             },
+            settings: TenantSettings::from_json(&self.settings).ok_or(StoreError::Corrupt("tenant settings"))?,
             created_at: at(self.created_at)?,
         })
     }
@@ -52,6 +55,7 @@ pub fn insert(conn: &mut DbConn, t: &Tenant) -> StoreResult<()> {
         methods_agent: t.policy.agent.bits(),
         created_at: ms(t.created_at),
         updated_at: ms(t.created_at),
+        settings: t.settings.to_json(),
     };
     diesel::insert_into(tenants::table).values(&row).execute(conn)?;
     Ok(())
@@ -96,6 +100,14 @@ pub fn set_methods(conn: &mut DbConn, id: TenantId, policy: &TwoFactorPolicy, no
             tenants::methods_agent.eq(policy.agent.bits()),
             tenants::updated_at.eq(ms(now)),
         ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Replaces the tenant's settings (DESIGN.md 5.8).
+pub fn set_settings(conn: &mut DbConn, id: TenantId, settings: &TenantSettings, now: DateTime<Utc>) -> StoreResult<()> {
+    diesel::update(tenants::table.find(id.to_string()))
+        .set((tenants::settings.eq(settings.to_json()), tenants::updated_at.eq(ms(now))))
         .execute(conn)?;
     Ok(())
 }

@@ -85,6 +85,7 @@ impl Service {
             slug: slug.to_owned(),
             name,
             policy: TwoFactorPolicy::default(),
+            settings: Default::default(),
             created_at: now,
         };
         let user = User {

@@ -14,6 +14,7 @@ use latchkey_core::crypto::TokenPurpose;
 use latchkey_core::metrics::Metrics;
 use latchkey_core::otp::{OtpLockout, SigninThrottle};
 use latchkey_core::password::PasswordHasher;
+use latchkey_core::settings::{RelyingParty, SettingsBounds};
 use latchkey_core::{
     AuditEventId, AuditKind, ChallengeId, Keys, Limits, Method, MethodSet, Role, SecretToken, SessionId, TenantId,
     UserId,
@@ -29,7 +30,7 @@ use zeroize::Zeroizing;
 pub use account::{NewUser, UserChanges};
 pub use admin::{Purged, RecoveryView};
 pub use challenge::{EmailSent, RecoveryStarted, TotpSetup};
-pub use settings::{EnableSetup, MethodChanges};
+pub use settings::{EnableSetup, MethodChanges, SettingsView};
 pub use signin::{ChallengeView, IssuedSession, SignIn};
 
 use crate::actor::Registry;
@@ -95,6 +96,29 @@ impl UserView {
     }
 }
 
+/// Server-wide settings the use-cases need beyond the limits.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// The base of links in mail and of the hosted pages, without a trailing slash
+    /// (`LATCHKEY_PUBLIC_URL`).
+    pub public_url: String,
+    /// The default WebAuthn relying party (`LATCHKEY_WEBAUTHN_RP_ID`, `…_ORIGINS`).
+    pub relying_party: RelyingParty,
+    /// Bounds on tenant settings (`LATCHKEY_REMEMBER_DEVICE_MAX_DAYS`, …).
+    pub bounds: SettingsBounds,
+}
+
+impl ServerSettings {
+    /// The settings of `config`.
+    pub fn from_config(config: &latchkey_core::Config) -> Self {
+        Self {
+            public_url: config.public_url(),
+            relying_party: config.relying_party(),
+            bounds: config.settings_bounds(),
+        }
+    }
+}
+
 /// Everything the use-cases need. Cheap to clone.
 #[derive(Clone)]
 pub struct Service {
@@ -108,6 +132,7 @@ pub struct Service {
     /// process) so that a 429 does not reveal which tenants exist.
     unknown_tenants: Arc<std::sync::Mutex<std::collections::HashMap<String, SigninThrottle>>>,
     limits: Limits,
+    server: Arc<ServerSettings>,
     outbox: Arc<dyn Outbox>,
     metrics: Metrics,
     registry: Registry,
@@ -121,18 +146,36 @@ impl std::fmt::Debug for Service {
 
 impl Service {
     /// Assembles the use-cases.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         keys: Keys,
         hasher: Arc<PasswordHasher>,
         limits: Limits,
+        server: ServerSettings,
         outbox: Arc<dyn Outbox>,
         metrics: Metrics,
         registry: Registry,
     ) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let hashing = Arc::new(tokio::sync::Semaphore::new(cores));
-        Self { store, keys, hasher, hashing, unknown_tenants: Arc::default(), limits, outbox, metrics, registry }
+        Self {
+            store,
+            keys,
+            hasher,
+            hashing,
+            unknown_tenants: Arc::default(),
+            limits,
+            server: Arc::new(server),
+            outbox,
+            metrics,
+            registry,
+        }
+    }
+
+    /// The server-wide settings.
+    pub fn server(&self) -> &ServerSettings {
+        &self.server
     }
 
     /// The store (for readiness checks and housekeeping).

@@ -1,9 +1,10 @@
 //! Tenant 2FA settings (admin): read, enable with a first enrollment, disable, methods per
 //! role.
 
+use latchkey_core::settings::{RelyingParty, SettingsChange, TenantSettings};
 use latchkey_core::totp::TotpSecret;
 use latchkey_core::{AuditKind, Method, MethodSet, SecretToken};
-use latchkey_store::model::{ChallengePurpose, NextAction, TwoFactorPolicy};
+use latchkey_store::model::{ChallengePurpose, NextAction, Tenant, TwoFactorPolicy};
 use latchkey_store::repo::{challenges, enrollments, sessions, tenants, users};
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -26,6 +27,18 @@ pub struct EnableSetup {
     pub email_masked: Option<String>,
 }
 
+/// A tenant's settings as `GET /api/v1/settings/two-factor` shows them: the policy, the
+/// version-2 settings, and the relying party in force (the tenant's own or the server's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingsView {
+    /// The toggle and the methods per role.
+    pub policy: TwoFactorPolicy,
+    /// The version-2 settings as stored.
+    pub settings: TenantSettings,
+    /// The relying party in force.
+    pub relying_party: RelyingParty,
+}
+
 /// New method lists per role; `None` leaves a role as it is.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MethodChanges {
@@ -39,9 +52,72 @@ pub struct MethodChanges {
 
 impl Service {
     /// `GET /api/v1/settings/two-factor` (admin).
-    pub fn two_factor_settings(&self, auth: &Auth) -> Result<TwoFactorPolicy> {
+    pub fn two_factor_settings(&self, auth: &Auth) -> Result<SettingsView> {
         Service::require_admin(auth)?;
-        Ok(auth.tenant.policy)
+        Ok(self.settings_view(&auth.tenant))
+    }
+
+    /// The settings of `tenant` with the relying party in force.
+    pub fn settings_view(&self, tenant: &Tenant) -> SettingsView {
+        SettingsView {
+            policy: tenant.policy,
+            settings: tenant.settings.clone(),
+            relying_party: self.relying_party(tenant),
+        }
+    }
+
+    /// The relying party of `tenant`: its own, else the server's (DESIGN.md 5.1).
+    pub fn relying_party(&self, tenant: &Tenant) -> RelyingParty {
+        tenant.settings.webauthn.clone().unwrap_or_else(|| self.server.relying_party.clone())
+    }
+
+    /// `PATCH /api/v1/settings/two-factor` (admin; a recent second factor while 2FA is on):
+    /// changes any of the version-2 settings (DESIGN.md 5.8), checked against the server's
+    /// bounds, in one transaction under the tenant's lock; audited `settings_changed` with the
+    /// names of the changed settings. An empty change answers the settings unchanged.
+    ///
+    /// Errors: `Forbidden`, `StepUpRequired`, `InvalidRequest` (a value out of bounds, a bad
+    /// relying party or return URL).
+    pub async fn update_settings(&self, ctx: &RequestCtx, auth: &Auth, change: SettingsChange) -> Result<SettingsView> {
+        Service::require_admin(auth)?;
+        self.require_step_up(auth, ctx.now)?;
+        // Checked before the transaction, for the answer; checked again on the row read there.
+        change.apply(&auth.tenant.settings, &self.server.bounds).map_err(|e| Error::InvalidRequest(e.0))?;
+        let fields = change.fields();
+        if fields.is_empty() {
+            return Ok(self.settings_view(&auth.tenant));
+        }
+        let tenant_id = auth.tenant.id;
+        let actor = Some(auth.user.id.to_string());
+        let bounds = self.server.bounds;
+        let ctx2 = ctx.clone();
+        let tenant = self
+            .store
+            .write(move |c| {
+                users::lock_tenant(c, tenant_id)?;
+                let Some(mut tenant) = tenants::by_id(c, tenant_id)? else {
+                    return Ok(Err(Error::NotFound));
+                };
+                let next = match change.apply(&tenant.settings, &bounds) {
+                    Ok(next) => next,
+                    Err(e) => return Ok(Err(Error::InvalidRequest(e.0))),
+                };
+                tenants::set_settings(c, tenant_id, &next, ctx2.now)?;
+                Service::audit(
+                    c,
+                    &ctx2,
+                    tenant_id,
+                    actor,
+                    None,
+                    AuditKind::SettingsChanged,
+                    json!({"changed": fields}),
+                )?;
+                tenant.settings = next;
+                Ok(Ok(tenant))
+            })
+            .await??;
+        self.registry.invalidate(tenant_id);
+        Ok(self.settings_view(&tenant))
     }
 
     /// `POST /api/v1/settings/two-factor/enable`: checks the admin's password, then opens a
@@ -194,7 +270,7 @@ impl Service {
     /// non-empty set), with a recent second factor while 2FA is on.
     ///
     /// Errors: `Forbidden`, `StepUpRequired`, `InvalidRequest` (an empty set).
-    pub async fn set_methods(&self, ctx: &RequestCtx, auth: &Auth, changes: MethodChanges) -> Result<TwoFactorPolicy> {
+    pub async fn set_methods(&self, ctx: &RequestCtx, auth: &Auth, changes: MethodChanges) -> Result<SettingsView> {
         Service::require_admin(auth)?;
         self.require_step_up(auth, ctx.now)?;
         if [changes.admin, changes.supervisor, changes.agent].iter().flatten().any(|m| m.is_empty()) {
@@ -203,28 +279,28 @@ impl Service {
         let tenant_id = auth.tenant.id;
         let actor = Some(auth.user.id.to_string());
         let ctx2 = ctx.clone();
-        let policy = self
+        let tenant = self
             .store
             .write(move |c| {
                 users::lock_tenant(c, tenant_id)?;
-                let Some(tenant) = tenants::by_id(c, tenant_id)? else {
+                let Some(mut tenant) = tenants::by_id(c, tenant_id)? else {
                     return Ok(Err(Error::NotFound));
                 };
-                let mut policy = tenant.policy;
+                let policy = &mut tenant.policy;
                 policy.admin = changes.admin.unwrap_or(policy.admin);
                 policy.supervisor = changes.supervisor.unwrap_or(policy.supervisor);
                 policy.agent = changes.agent.unwrap_or(policy.agent);
-                tenants::set_methods(c, tenant_id, &policy, ctx2.now)?;
+                tenants::set_methods(c, tenant_id, policy, ctx2.now)?;
                 let detail = json!({
                     "admin": policy.admin.to_vec(),
                     "supervisor": policy.supervisor.to_vec(),
                     "agent": policy.agent.to_vec(),
                 });
                 Service::audit(c, &ctx2, tenant_id, actor, None, AuditKind::MethodsChanged, detail)?;
-                Ok(Ok(policy))
+                Ok(Ok(tenant))
             })
             .await??;
         self.registry.invalidate(tenant_id);
-        Ok(policy)
+        Ok(self.settings_view(&tenant))
     }
 }
