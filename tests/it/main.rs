@@ -12,6 +12,7 @@ mod binary;
 mod deploy;
 mod email;
 mod fuzz;
+mod hardening;
 mod http;
 mod recovery;
 mod settings;

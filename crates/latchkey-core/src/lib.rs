@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod email;
 pub mod ids;
 pub mod metrics;
+pub mod names;
 pub mod otp;
 pub mod password;
 pub mod role;

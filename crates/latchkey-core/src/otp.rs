@@ -3,7 +3,7 @@
 //!
 //! - [`OtpLockout`]: wrong codes per user and the block that follows.
 //! - [`decide_send`]: the resend cooldown and the sliding send window.
-//! - [`SigninThrottle`]: wrong passwords per user (or unknown address) per window.
+//! - [`SigninThrottle`]: password attempts per user (or unknown address) per sliding window.
 //!
 //! ```text
 //! OtpLockout, with max = 3:
@@ -140,36 +140,62 @@ pub fn decide_send(earlier: &[DateTime<Utc>], now: DateTime<Utc>, limits: &Limit
     })
 }
 
-/// Wrong passwords counted per user (or per unknown address of a tenant) in a fixed window
-/// that opens at the first failure (DESIGN.md "Accounts").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Password attempts counted per user (or per unknown address of a tenant) in a sliding
+/// window (DESIGN.md "Accounts"): the instants of the latest attempts, at most
+/// `signin_max_failures` of them, so that no window-long span ever holds more than the limit.
+/// An attempt is reserved before its password is checked; a success clears the log.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SigninThrottle {
-    /// Wrong passwords in the window.
-    pub failures: u32,
-    /// Start of the window.
-    pub window_started_at: DateTime<Utc>,
+    /// Instants of the counted attempts still in the window, oldest first.
+    pub attempts: Vec<DateTime<Utc>>,
 }
 
 impl SigninThrottle {
-    fn live(state: Option<Self>, now: DateTime<Utc>, window: Duration) -> Option<Self> {
-        state.filter(|s| s.window_started_at + window > now)
+    /// The attempts that still count at `now` (younger than the window).
+    fn live(&self, now: DateTime<Utc>, window: Duration) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+        self.attempts.iter().copied().filter(move |t| *t + window > now)
     }
 
-    /// `Err(retry_at)` when the limit is reached at `now`: sign-in is refused (429) even
-    /// with the right password until the window passes.
-    pub fn check(state: Option<Self>, now: DateTime<Utc>, limits: &Limits) -> Result<(), DateTime<Utc>> {
-        match Self::live(state, now, limits.signin_window) {
-            Some(s) if s.failures >= limits.signin_max_failures => Err(s.window_started_at + limits.signin_window),
-            _ => Ok(()),
+    /// `Err(retry_at)` when the limit is reached at `now`: sign-in is refused (429) even with
+    /// the right password until the oldest counted attempt leaves the window.
+    pub fn check(&self, now: DateTime<Utc>, limits: &Limits) -> Result<(), DateTime<Utc>> {
+        let mut live: Vec<DateTime<Utc>> = self.live(now, limits.signin_window).collect();
+        let max = usize::try_from(limits.signin_max_failures).unwrap_or(usize::MAX).max(1);
+        if live.len() < max {
+            return Ok(());
         }
+        live.sort_unstable();
+        // The attempt that frees a place is the one `len - max` from the oldest.
+        let frees = live.get(live.len() - max).copied().unwrap_or(now);
+        Err(frees + limits.signin_window)
     }
 
-    /// The state after a wrong password at `now`.
-    pub fn fail(state: Option<Self>, now: DateTime<Utc>, limits: &Limits) -> Self {
-        match Self::live(state, now, limits.signin_window) {
-            Some(s) => Self { failures: s.failures.saturating_add(1), ..s },
-            None => Self { failures: 1, window_started_at: now },
-        }
+    /// The log after an attempt at `now`: only attempts still in the window are kept, at most
+    /// the limit of them (the newest).
+    pub fn fail(&self, now: DateTime<Utc>, limits: &Limits) -> Self {
+        let mut attempts: Vec<DateTime<Utc>> = self.live(now, limits.signin_window).collect();
+        attempts.push(now);
+        attempts.sort_unstable();
+        let max = usize::try_from(limits.signin_max_failures).unwrap_or(usize::MAX).max(1);
+        let drop = attempts.len().saturating_sub(max);
+        attempts.drain(..drop);
+        Self { attempts }
+    }
+
+    /// The stored form: Unix milliseconds, comma-separated.
+    pub fn encode(&self) -> String {
+        self.attempts.iter().map(|t| t.timestamp_millis().to_string()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The log of a stored form; entries that do not parse are dropped (the log only ever
+    /// counts against the user, so a damaged one errs on the side of fewer attempts left).
+    pub fn decode(text: &str) -> Self {
+        let attempts = text
+            .split(',')
+            .filter_map(|x| x.trim().parse::<i64>().ok())
+            .filter_map(DateTime::from_timestamp_millis)
+            .collect();
+        Self { attempts }
     }
 }
 
@@ -271,17 +297,43 @@ mod tests {
     }
 
     #[test]
-    fn signin_throttle() {
+    fn signin_throttle_slides() {
         let l = limits();
-        let mut s = None;
+        let mut s = SigninThrottle::default();
         for i in 0..10 {
-            assert_eq!(SigninThrottle::check(s, t(i), &l), Ok(()));
-            s = Some(SigninThrottle::fail(s, t(i), &l));
+            assert_eq!(s.check(t(i * 60), &l), Ok(()));
+            s = s.fail(t(i * 60), &l);
         }
-        assert_eq!(SigninThrottle::check(s, t(10), &l), Err(t(900)));
-        assert_eq!(SigninThrottle::check(s, t(899), &l), Err(t(900)));
-        assert_eq!(SigninThrottle::check(s, t(900), &l), Ok(()));
-        let fresh = SigninThrottle::fail(s, t(900), &l);
-        assert_eq!(fresh, SigninThrottle { failures: 1, window_started_at: t(900) });
+        // Ten attempts at t(0)…t(540): the eleventh waits until t(0) leaves the window.
+        assert_eq!(s.check(t(541), &l), Err(t(900)));
+        assert_eq!(s.check(t(899), &l), Err(t(900)));
+        assert_eq!(s.check(t(900), &l), Ok(()));
+        // The window slides: one more at t(900), and the next place is at t(960).
+        s = s.fail(t(900), &l);
+        assert_eq!(s.check(t(901), &l), Err(t(960)));
+        assert_eq!(s.attempts.len(), 10);
+        assert_eq!(SigninThrottle::decode(&s.encode()), s);
+        assert_eq!(SigninThrottle::decode("x,1700000000000,"), SigninThrottle { attempts: vec![t(0)] });
+    }
+
+    /// Whatever the timing, no window-long span holds more attempts than the limit (the
+    /// fixed window let 19 guesses through around its edge).
+    #[test]
+    fn no_span_holds_more_than_the_limit() {
+        let l = limits();
+        let mut s = SigninThrottle::default();
+        let mut allowed = Vec::new();
+        for ms in (0..3_600_000i64).step_by(7_919) {
+            let now = t(0) + Duration::milliseconds(ms);
+            if s.check(now, &l).is_ok() {
+                allowed.push(now);
+                s = s.fail(now, &l);
+            }
+        }
+        for (i, start) in allowed.iter().enumerate() {
+            let in_span = allowed[i..].iter().take_while(|x| **x < *start + l.signin_window).count();
+            assert!(in_span <= 10, "{in_span} attempts within a window from {start}");
+        }
+        assert!(allowed.len() >= 30);
     }
 }

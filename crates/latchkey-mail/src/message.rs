@@ -204,7 +204,8 @@ pub(crate) fn build(
     delivery: DeliveryId,
     rendered: &Rendered,
 ) -> Result<Message, BuildError> {
-    let to: Mailbox = to.trim().parse().map_err(|_| BuildError::Recipient)?;
+    // The same parser that accepted the address (DESIGN.md "Email addresses").
+    let to = latchkey_core::email::mailbox(to.trim()).ok_or(BuildError::Recipient)?;
     let id = letters(delivery);
     let body = MultiPart::alternative()
         .boundary(format!("latchkey-alt-{id}"))

@@ -34,11 +34,11 @@ diesel::table! {
 }
 
 diesel::table! {
-    signin_failures (tenant_id, subject) {
-        tenant_id -> Text,
-        subject -> Text,
-        failures -> Integer,
-        window_started_at -> BigInt,
+    signin_attempts (key_hash) {
+        key_hash -> Binary,
+        tenant_id -> Nullable<Text>,
+        attempts -> Text,
+        updated_at -> BigInt,
     }
 }
 
@@ -153,7 +153,7 @@ diesel::joinable!(recovery_requests -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(
     tenants,
     users,
-    signin_failures,
+    signin_attempts,
     enrollments,
     sessions,
     challenges,

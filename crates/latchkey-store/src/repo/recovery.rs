@@ -116,3 +116,18 @@ pub fn decide(
         .execute(conn)?;
     Ok(n == 1)
 }
+
+/// Dismisses `user`'s pending request, if any, as decided by `by` (a role change voids it:
+/// DESIGN.md "Accounts"); returns whether there was one.
+pub fn dismiss_pending_for_user(conn: &mut DbConn, user: UserId, by: UserId, now: DateTime<Utc>) -> StoreResult<bool> {
+    let n = diesel::update(
+        rr::table.filter(rr::user_id.eq(user.to_string())).filter(rr::status.eq(RecoveryStatus::Pending.as_str())),
+    )
+    .set((
+        rr::status.eq(RecoveryStatus::Dismissed.as_str()),
+        rr::decided_at.eq(ms(now)),
+        rr::decided_by.eq(by.to_string()),
+    ))
+    .execute(conn)?;
+    Ok(n > 0)
+}

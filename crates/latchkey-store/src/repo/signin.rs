@@ -1,50 +1,62 @@
-//! `signin_failures`: wrong passwords per user (subject = user id) or per unknown address of
-//! a tenant (subject = keyed hash of the address), so the limit holds across processes.
+//! `signin_attempts`: the sliding logs of password attempts (DESIGN.md "Accounts"), one row
+//! per subject, keyed by a keyed hash of what is counted (a user of a tenant, an unknown
+//! address of a tenant, an unknown tenant slug and address), so that every limit holds across
+//! processes and restarts.
+//!
+//! A reservation locks the subject's own row ([`lock`]), never the tenant's or the user's, so
+//! that a storm of attempts on one subject queues on that row alone.
 
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::upsert::excluded;
 use latchkey_core::TenantId;
 use latchkey_core::otp::SigninThrottle;
 
 use crate::error::StoreResult;
-use crate::model::{at, ms};
-use crate::schema::signin_failures as sf;
+use crate::model::ms;
+use crate::schema::signin_attempts as sa;
 use crate::{DbConn, per_backend};
 
-/// The throttle state of `subject` in `tenant`.
-pub fn get(conn: &mut DbConn, tenant: TenantId, subject: &str) -> StoreResult<Option<SigninThrottle>> {
-    let row: Option<(i32, i64)> = sf::table
-        .filter(sf::tenant_id.eq(tenant.to_string()))
-        .filter(sf::subject.eq(subject))
-        .select((sf::failures, sf::window_started_at))
-        .first(conn)
-        .optional()?;
-    row.map(|(failures, start)| {
-        Ok(SigninThrottle { failures: u32::try_from(failures).unwrap_or(0), window_started_at: at(start)? })
-    })
-    .transpose()
-}
-
-/// Stores the throttle state of `subject` (insert or replace).
-pub fn put(conn: &mut DbConn, tenant: TenantId, subject: &str, state: SigninThrottle) -> StoreResult<()> {
+/// The attempt log of `key_hash`, locked until the transaction ends: the row is created if
+/// missing (`ON CONFLICT DO NOTHING`, so that two processes creating it at once both go on),
+/// then read `FOR UPDATE` on Postgres; on SQLite the `BEGIN IMMEDIATE` of
+/// [`write_tx`](crate::write_tx) already holds the write lock. `tenant` is the known tenant the
+/// subject belongs to (its logs go with it), `None` for an unknown tenant.
+pub fn lock(
+    conn: &mut DbConn,
+    key_hash: &[u8],
+    tenant: Option<TenantId>,
+    now: DateTime<Utc>,
+) -> StoreResult<SigninThrottle> {
     let values = (
-        sf::tenant_id.eq(tenant.to_string()),
-        sf::subject.eq(subject.to_owned()),
-        sf::failures.eq(i32::try_from(state.failures).unwrap_or(i32::MAX)),
-        sf::window_started_at.eq(ms(state.window_started_at)),
+        sa::key_hash.eq(key_hash.to_vec()),
+        sa::tenant_id.eq(tenant.map(|t| t.to_string())),
+        sa::attempts.eq(String::new()),
+        sa::updated_at.eq(ms(now)),
     );
-    per_backend!(conn, c => diesel::insert_into(sf::table)
-        .values(values.clone())
-        .on_conflict((sf::tenant_id, sf::subject))
-        .do_update()
-        .set((sf::failures.eq(excluded(sf::failures)), sf::window_started_at.eq(excluded(sf::window_started_at))))
-        .execute(c))?;
-    Ok(())
+    per_backend!(conn, c => diesel::insert_into(sa::table).values(values.clone()).on_conflict(sa::key_hash).do_nothing().execute(c))?;
+    let q = sa::table.find(key_hash.to_vec()).select(sa::attempts);
+    let attempts: Option<String> = match conn {
+        DbConn::Pg(pg) => q.for_update().first(pg).optional()?,
+        DbConn::Sqlite(_) => q.first(conn).optional()?,
+    };
+    Ok(attempts.map(|a| SigninThrottle::decode(&a)).unwrap_or_default())
 }
 
-/// Forgets the failures of `subject` (after a successful sign-in).
-pub fn clear(conn: &mut DbConn, tenant: TenantId, subject: &str) -> StoreResult<()> {
-    diesel::delete(sf::table.filter(sf::tenant_id.eq(tenant.to_string())).filter(sf::subject.eq(subject)))
+/// Stores the attempt log of `key_hash` (its row exists and is locked: see [`lock`]).
+pub fn put(conn: &mut DbConn, key_hash: &[u8], state: &SigninThrottle, now: DateTime<Utc>) -> StoreResult<()> {
+    diesel::update(sa::table.find(key_hash.to_vec()))
+        .set((sa::attempts.eq(state.encode()), sa::updated_at.eq(ms(now))))
         .execute(conn)?;
     Ok(())
+}
+
+/// Forgets the attempts of `key_hash` (after a successful sign-in or password check).
+pub fn clear(conn: &mut DbConn, key_hash: &[u8]) -> StoreResult<()> {
+    diesel::delete(sa::table.find(key_hash.to_vec())).execute(conn)?;
+    Ok(())
+}
+
+/// Deletes logs untouched since `before` (no attempt in them counts any more).
+pub fn purge_before(conn: &mut DbConn, before: DateTime<Utc>) -> StoreResult<usize> {
+    Ok(diesel::delete(sa::table.filter(sa::updated_at.lt(ms(before)))).execute(conn)?)
 }

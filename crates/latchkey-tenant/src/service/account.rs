@@ -3,7 +3,9 @@
 
 use latchkey_core::{AuditKind, Role, SessionId, TenantId, UserId};
 use latchkey_store::model::{Tenant, TwoFactorPolicy, User};
-use latchkey_store::repo::{Page, challenges, email_codes, enrollments, reset_tokens, sessions, tenants, users};
+use latchkey_store::repo::{
+    Page, challenges, email_codes, enrollments, recovery, reset_tokens, sessions, tenants, users,
+};
 use latchkey_store::{DbConn, StoreError, StoreResult};
 use serde_json::json;
 
@@ -217,8 +219,13 @@ impl Service {
         let ctx = ctx.clone();
         self.store
             .write(move |c| {
+                users::lock(c, user.id)?;
                 users::set_password(c, user.id, &hash, ctx.now)?;
+                // Nothing opened with the old password outlives it: other sessions, open
+                // challenges and their codes (DESIGN.md "Accounts").
                 sessions::delete_for_user(c, user.id, Some(keep))?;
+                challenges::end_for_user(c, user.id, None, ctx.now)?;
+                email_codes::void_for_user(c, user.id, ctx.now)?;
                 Service::audit(
                     c,
                     &ctx,
@@ -340,8 +347,12 @@ impl Service {
                         return Ok(Err(Error::LastAdmin));
                     }
                     users::update_profile(c, target.id, None, None, Some(role), ctx.now)?;
+                    // The old role's ways back in end with it: open challenges and codes, a
+                    // pending recovery request (agents), reset links (admins).
                     challenges::end_for_user(c, target.id, None, ctx.now)?;
                     email_codes::void_for_user(c, target.id, ctx.now)?;
+                    reset_tokens::void_for_user(c, target.id, ctx.now)?;
+                    recovery::dismiss_pending_for_user(c, target.id, actor, ctx.now)?;
                     let detail = json!({"from": target.role, "to": role});
                     Service::audit(
                         c,

@@ -152,24 +152,28 @@ pub struct Purged {
     pub email_codes: usize,
     /// Finished deliveries older than a day.
     pub deliveries: usize,
+    /// Password attempt logs with no attempt left in the window.
+    pub signin_attempts: usize,
 }
 
 impl Service {
     /// Deletes rows nothing can use any more: expired sessions, long-expired challenges,
     /// email codes that have left both their lifetime and the send window, old finished
-    /// deliveries. Safe to run from every process at any time.
+    /// deliveries, password attempt logs whose attempts have all left the window. Safe to run from every process at any time.
     pub async fn purge(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Purged> {
         let keep_codes = self.limits.email_otp_window.max(self.limits.email_otp_ttl).max(self.limits.email_otp_resend);
         let day = chrono::Duration::days(1);
+        let window = self.limits.signin_window;
         Ok(self
             .store
             .run(move |c| {
-                use latchkey_store::repo::{challenges, deliveries, email_codes, sessions};
+                use latchkey_store::repo::{challenges, deliveries, email_codes, sessions, signin};
                 Ok(Purged {
                     sessions: sessions::purge_expired(c, now)?,
                     challenges: challenges::purge_expired(c, now - day)?,
                     email_codes: email_codes::purge_before(c, now - keep_codes)?,
                     deliveries: deliveries::purge_before(c, now - day)?,
+                    signin_attempts: signin::purge_before(c, now - window)?,
                 })
             })
             .await?)

@@ -124,6 +124,16 @@ fn send_refusal(refusal: SendRefusal, now: DateTime<Utc>) -> Error {
 }
 
 impl Service {
+    /// When `user` was last sent a mail he can make us send (email codes of every kind and
+    /// reset links), within the span the send rules look at: one cooldown and one window for
+    /// all of them (DESIGN.md "Recovery"). Call under the user's lock.
+    fn mails_sent(&self, conn: &mut DbConn, user: UserId, now: DateTime<Utc>) -> StoreResult<Vec<DateTime<Utc>>> {
+        let since = now - self.limits.email_otp_window.max(self.limits.email_otp_resend);
+        let mut sent = email_codes::sent_since(conn, user, since)?;
+        sent.extend(reset_tokens::sent_since(conn, user, since)?);
+        Ok(sent)
+    }
+
     /// Finds the open challenge of `token` with `purpose`, its user and tenant.
     pub(super) async fn locate(
         &self,
@@ -471,8 +481,7 @@ impl Service {
                 if let Some(until) = user.lockout.blocked(now) {
                     return Ok(Err(Error::OtpBlocked { retry_after: seconds_until(until, now) }));
                 }
-                let since = now - svc.limits.email_otp_window.max(svc.limits.email_otp_resend);
-                let sent = email_codes::sent_since(c, user.id, since)?;
+                let sent = svc.mails_sent(c, user.id, now)?;
                 let permit = match decide_send(&sent, now, &svc.limits) {
                     Ok(p) => p,
                     Err(refusal) => return Ok(Err(send_refusal(refusal, now))),
@@ -697,8 +706,7 @@ impl Service {
                 let Some((user, _)) = Service::reread(c, &loc, now)? else {
                     return Ok(Err(Error::InvalidChallenge));
                 };
-                let since = now - svc.limits.email_otp_window.max(svc.limits.email_otp_resend);
-                let sent = reset_tokens::sent_since(c, user.id, since)?;
+                let sent = svc.mails_sent(c, user.id, now)?;
                 if let Err(refusal) = decide_send(&sent, now, &svc.limits) {
                     return Ok(Err(send_refusal(refusal, now)));
                 }
@@ -751,8 +759,10 @@ impl Service {
                 let Some(row) = reset_tokens::live_by_hash(c, &hash, now)? else {
                     return Ok(Err(Error::InvalidToken));
                 };
-                users::lock(c, row.user_id)?;
-                if !reset_tokens::mark_used(c, row.id, now)? {
+                // A link works only while its user is still an admin (DESIGN.md "Accounts").
+                let still_admin =
+                    users::lock_and_get(c, row.tenant_id, row.user_id)?.is_some_and(|u| u.role == Role::Admin);
+                if !still_admin || !reset_tokens::mark_used(c, row.id, now)? {
                     return Ok(Err(Error::InvalidToken));
                 }
                 Service::reset_second_factor(c, row.user_id, now)?;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use latchkey_core::crypto::TokenPurpose;
 use latchkey_core::metrics::Metrics;
-use latchkey_core::otp::{OtpLockout, SigninThrottle};
+use latchkey_core::otp::OtpLockout;
 use latchkey_core::password::PasswordHasher;
 use latchkey_core::settings::{RelyingParty, SettingsBounds};
 use latchkey_core::{
@@ -128,9 +128,6 @@ pub struct Service {
     /// One permit per core: at most that many argon2 computations run at once (see
     /// [`Service::check_password`]).
     hashing: Arc<tokio::sync::Semaphore>,
-    /// Wrong passwords for tenant slugs that do not exist, counted like real ones (in this
-    /// process) so that a 429 does not reveal which tenants exist.
-    unknown_tenants: Arc<std::sync::Mutex<std::collections::HashMap<String, SigninThrottle>>>,
     limits: Limits,
     server: Arc<ServerSettings>,
     outbox: Arc<dyn Outbox>,
@@ -159,18 +156,7 @@ impl Service {
     ) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let hashing = Arc::new(tokio::sync::Semaphore::new(cores));
-        Self {
-            store,
-            keys,
-            hasher,
-            hashing,
-            unknown_tenants: Arc::default(),
-            limits,
-            server: Arc::new(server),
-            outbox,
-            metrics,
-            registry,
-        }
+        Self { store, keys, hasher, hashing, limits, server: Arc::new(server), outbox, metrics, registry }
     }
 
     /// The server-wide settings.
@@ -260,31 +246,39 @@ impl Service {
         Ok(ok)
     }
 
-    /// Counts one password attempt of `subject` before it is checked, atomically, so that
-    /// however many run in parallel (in any number of processes) no more than the limit are
-    /// ever evaluated per window. A success clears the count afterwards.
+    /// The key of the attempt log of a user of a tenant.
+    fn user_attempts_key(&self, tenant: TenantId, user: UserId) -> Vec<u8> {
+        self.keys.label_hash(&format!("signin-user\u{0}{tenant}\u{0}{user}")).into_bytes()
+    }
+
+    /// The key of the attempt log of an address unknown in a known tenant.
+    fn address_attempts_key(&self, tenant: TenantId, email: &str) -> Vec<u8> {
+        self.keys.label_hash(&format!("signin-address\u{0}{tenant}\u{0}{email}")).into_bytes()
+    }
+
+    /// The key of the attempt log of an address of a tenant slug that does not exist.
+    fn unknown_tenant_attempts_key(&self, slug: &str, email: &str) -> Vec<u8> {
+        self.keys.label_hash(&format!("signin-unknown-tenant\u{0}{slug}\u{0}{email}")).into_bytes()
+    }
+
+    /// Counts one password attempt under `key` before the password is checked, atomically
+    /// (under the lock of the log's own row), so that however many run in parallel, in any
+    /// number of processes, no more than the limit are ever evaluated in any window-long span
+    /// (DESIGN.md "Accounts"). A success clears the log afterwards ([`Service::clear_attempts`]).
+    /// `tenant` is the known tenant of the subject (`None` for an unknown slug, counted the
+    /// same way, so that unknown tenants answer exactly like known ones).
     ///
     /// Errors: `RateLimited` once the limit is reached.
-    async fn reserve_password_attempt(
-        &self,
-        tenant: TenantId,
-        user: Option<UserId>,
-        subject: String,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
+    async fn reserve_password_attempt(&self, tenant: Option<TenantId>, key: Vec<u8>, now: DateTime<Utc>) -> Result<()> {
         let limits = self.limits;
         let refused = self
             .store
             .write(move |c| {
-                match user {
-                    Some(u) => users::lock(c, u)?,
-                    None => users::lock_tenant(c, tenant)?,
-                }
-                let state = signin_repo::get(c, tenant, &subject)?;
-                if let Err(until) = SigninThrottle::check(state, now, &limits) {
+                let log = signin_repo::lock(c, &key, tenant, now)?;
+                if let Err(until) = log.check(now, &limits) {
                     return Ok(Some(until));
                 }
-                signin_repo::put(c, tenant, &subject, SigninThrottle::fail(state, now, &limits))?;
+                signin_repo::put(c, &key, &log.fail(now, &limits), now)?;
                 Ok(None)
             })
             .await?;
@@ -294,25 +288,9 @@ impl Service {
         }
     }
 
-    /// Counts one password attempt for a tenant slug that does not exist, under the same rule
-    /// as real ones, so that unknown tenants answer exactly like known ones (10 × 401, then
-    /// 429). Kept in memory: there is nothing to protect, only an oracle to close. At most
-    /// [`UNKNOWN_TENANT_KEYS`] keys are kept; beyond that, expired ones are dropped first.
-    fn reserve_unknown_tenant_attempt(&self, slug: &str, email: &str, now: DateTime<Utc>) -> Result<()> {
-        let key = self.keys.label_hash(&format!("{slug}\u{0}{email}"));
-        let mut map = self.unknown_tenants.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let state = map.get(&key).copied();
-        if let Err(until) = SigninThrottle::check(state, now, &self.limits) {
-            return Err(Error::RateLimited { retry_after: latchkey_core::otp::seconds_until(until, now) });
-        }
-        if map.len() >= UNKNOWN_TENANT_KEYS && !map.contains_key(&key) {
-            let window = self.limits.signin_window;
-            map.retain(|_, s| s.window_started_at + window > now);
-            if map.len() >= UNKNOWN_TENANT_KEYS {
-                map.clear();
-            }
-        }
-        map.insert(key, SigninThrottle::fail(state, now, &self.limits));
+    /// Forgets the attempts under `key` (after the right password).
+    async fn clear_attempts(&self, key: Vec<u8>) -> Result<()> {
+        self.store.run(move |c| signin_repo::clear(c, &key)).await?;
         Ok(())
     }
 
@@ -321,14 +299,12 @@ impl Service {
     ///
     /// Errors: `InvalidPassword`, `RateLimited`.
     async fn confirm_password(&self, ctx: &RequestCtx, user: &User, password: &str) -> Result<()> {
-        let subject = user.id.to_string();
-        self.reserve_password_attempt(user.tenant_id, Some(user.id), subject.clone(), ctx.now).await?;
+        let key = self.user_attempts_key(user.tenant_id, user.id);
+        self.reserve_password_attempt(Some(user.tenant_id), key.clone(), ctx.now).await?;
         if !self.check_password(password, Some(user.password_hash.clone())).await? {
             return Err(Error::InvalidPassword);
         }
-        let tenant = user.tenant_id;
-        self.store.run(move |c| signin_repo::clear(c, tenant, &subject)).await?;
-        Ok(())
+        self.clear_attempts(key).await
     }
 
     /// `StepUpRequired` unless 2FA is off or the session verified its second factor within
@@ -472,17 +448,10 @@ impl Service {
     }
 }
 
-/// Most unknown-tenant sign-in keys kept in memory.
-pub const UNKNOWN_TENANT_KEYS: usize = 100_000;
-
-/// Validates and normalises a display name: trimmed, 1 to 200 characters, no control
-/// characters.
+/// Validates and normalises a display name ([`latchkey_core::names::clean`]): trimmed, 1 to 200
+/// characters, no control, bidi-override or invisible characters.
 pub fn clean_name(name: &str) -> Result<String> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-        return Err(Error::InvalidRequest("name must be 1 to 200 printable characters".into()));
-    }
-    Ok(name.to_owned())
+    latchkey_core::names::clean(name).map_err(|e| Error::InvalidRequest(e.to_owned()))
 }
 
 /// Validates and normalises an email address (trimmed, lower-cased).

@@ -204,6 +204,8 @@ impl Service {
             .write(move |c| {
                 let ctx = ctx2;
                 let now = ctx.now;
+                // The lock order: the tenant (its toggle changes here), then the user.
+                users::lock_tenant(c, tenant_id)?;
                 let Some((user, ch)) = Service::reread(c, &loc, now)? else {
                     return Ok(Err(Error::InvalidSetupToken));
                 };
@@ -223,7 +225,6 @@ impl Service {
                     }
                     Checked::NoAuthenticator => return Ok(Err(Error::InvalidSetupToken)),
                 }
-                users::lock_tenant(c, tenant_id)?;
                 tenants::set_enabled(c, tenant_id, true, now)?;
                 challenges::end_for_tenant(c, tenant_id, None, now)?;
                 sessions::delete_for_tenant(c, tenant_id, Some(session_id))?;

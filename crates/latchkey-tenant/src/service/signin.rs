@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use latchkey_core::{AuditKind, Method, SecretToken};
 use latchkey_store::model::{ChallengePurpose, NextAction};
+use latchkey_store::repo::locks::{self, TenantLock};
 use latchkey_store::repo::{enrollments, sessions, signin as signin_repo, users};
 use serde_json::json;
 
@@ -53,14 +54,24 @@ impl Service {
     /// `POST /api/v1/auth`: checks the password (argon2id on the blocking pool; the dummy
     /// hash for an unknown tenant or address), then either issues a session (2FA off) or opens
     /// a challenge: `verify` with the enrolled methods the role allows, else `enroll` with the
-    /// allowed ones. Wrong passwords count per user, or per tenant and address when unknown.
+    /// allowed ones. Password attempts count per user, per unknown address of a tenant, or
+    /// per unknown tenant and address, all in the store.
+    ///
+    /// The decision is atomic (DESIGN.md "Atomic sign-in"): after the password check, one
+    /// transaction locks the tenant (`FOR SHARE`) and then the user (`FOR UPDATE`), re-reads
+    /// both, and decides on what it read there — 2FA on or off, the role, and that the
+    /// password hash and the address are still the ones checked — never on the actor's
+    /// cached policy. So a session without a second factor is never created after 2FA was
+    /// turned on, or after a password or email change, that committed first; and a user
+    /// deleted meanwhile answers `invalid_credentials`.
     ///
     /// Errors: `InvalidCredentials` (the same for unknown tenant, unknown email and wrong
     /// password), `RateLimited` past the attempt limit even with the right password.
     pub async fn sign_in(&self, ctx: &RequestCtx, tenant_slug: &str, email: &str, password: &str) -> Result<SignIn> {
         let email = latchkey_core::email::normalize(email);
         let Some(tenant) = self.registry.enter_slug(tenant_slug).await? else {
-            self.reserve_unknown_tenant_attempt(tenant_slug, &email, ctx.now)?;
+            let key = self.unknown_tenant_attempts_key(tenant_slug, &email);
+            self.reserve_password_attempt(None, key, ctx.now).await?;
             self.check_password(password, None).await?;
             return Err(Error::InvalidCredentials);
         };
@@ -68,27 +79,33 @@ impl Service {
         tracing::Span::current().record("tenant", tracing::field::display(tenant_id));
         let lookup = email.clone();
         let user = self.store.run(move |c| users::by_email(c, tenant_id, &lookup)).await?;
-        let subject = match &user {
-            Some(u) => u.id.to_string(),
-            None => format!("unknown:{}", self.keys.label_hash(&email)),
+        let key = match &user {
+            Some(u) => self.user_attempts_key(tenant_id, u.id),
+            None => self.address_attempts_key(tenant_id, &email),
         };
-        self.reserve_password_attempt(tenant_id, user.as_ref().map(|u| u.id), subject.clone(), ctx.now).await?;
+        self.reserve_password_attempt(Some(tenant_id), key.clone(), ctx.now).await?;
         let ok = self.check_password(password, user.as_ref().map(|u| u.password_hash.clone())).await?;
-        let Some(user) = user.filter(|_| ok) else {
+        let Some(checked) = user.filter(|_| ok) else {
             return Err(Error::InvalidCredentials);
         };
-        tracing::Span::current().record("user", tracing::field::display(user.id));
+        tracing::Span::current().record("user", tracing::field::display(checked.id));
 
         let svc = self.clone();
         let ctx = ctx.clone();
-        let policy = tenant.policy;
-        let outcome = self
-            .store
+        self.store
             .write(move |c| {
-                users::lock(c, user.id)?;
-                signin_repo::clear(c, tenant_id, &subject)?;
+                let Some((tenant, user)) = locks::tenant_then_user(c, tenant_id, TenantLock::Share, checked.id)? else {
+                    return Ok(Err(Error::InvalidCredentials));
+                };
+                if user.password_hash != checked.password_hash || user.email != checked.email {
+                    // A password or email change committed after the check: the password
+                    // checked is not the user's any more.
+                    return Ok(Err(Error::InvalidCredentials));
+                }
+                signin_repo::clear(c, &key)?;
                 let enrolled = enrollments::methods_of(c, user.id)?;
                 let view = UserView::new(&user, enrolled);
+                let policy = tenant.policy;
                 if !policy.enabled {
                     let (token, session) = svc.issue_session(c, &user, false, ctx.now)?;
                     Service::audit(
@@ -100,7 +117,11 @@ impl Service {
                         AuditKind::SignedIn,
                         json!({"second_factor": false}),
                     )?;
-                    return Ok(SignIn::Session(IssuedSession { token, expires_at: session.expires_at, user: view }));
+                    return Ok(Ok(SignIn::Session(IssuedSession {
+                        token,
+                        expires_at: session.expires_at,
+                        user: view,
+                    })));
                 }
                 let allowed = policy.methods_for(user.role);
                 let usable = enrolled.intersect(allowed);
@@ -108,7 +129,7 @@ impl Service {
                     if usable.is_empty() { (NextAction::Enroll, allowed) } else { (NextAction::Verify, usable) };
                 let (token, challenge) =
                     svc.open_challenge(c, &user, ChallengePurpose::SignIn, next, methods, None, ctx.now)?;
-                Ok(SignIn::Challenge {
+                Ok(Ok(SignIn::Challenge {
                     user: view,
                     challenge: ChallengeView {
                         token,
@@ -117,10 +138,9 @@ impl Service {
                         methods: methods.to_vec(),
                         email_masked: latchkey_core::email::mask(&user.email),
                     },
-                })
+                }))
             })
-            .await?;
-        Ok(outcome)
+            .await?
     }
 
     /// `POST /api/v1/auth/logout`: ends the session.
