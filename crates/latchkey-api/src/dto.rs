@@ -1,7 +1,7 @@
 //! Request and response bodies of the HTTP contract (DESIGN.md section 3).
 
 use chrono::{DateTime, Utc};
-use latchkey_core::settings::{NoticesChange, PerRole, PerRoleChange, RelyingParty, SettingsChange};
+use latchkey_core::settings::{Notices, PerRole, RelyingParty};
 use latchkey_core::{Method, Role};
 use latchkey_store::model::AuditEvent;
 use latchkey_tenant::SettingsView;
@@ -9,77 +9,13 @@ use latchkey_tenant::{ChallengeView, RecoveryView, UserView};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-/// A second-factor method: `authenticator` (TOTP app) or `email` (emailed code).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum MethodDto {
-    /// An authenticator app (TOTP, RFC 6238).
-    Authenticator,
-    /// A 6-digit code sent by email.
-    Email,
-}
-
-impl From<MethodDto> for Method {
-    fn from(m: MethodDto) -> Self {
-        match m {
-            MethodDto::Authenticator => Method::Authenticator,
-            MethodDto::Email => Method::Email,
-        }
-    }
-}
-
-impl From<Method> for MethodDto {
-    fn from(m: Method) -> Self {
-        match m {
-            Method::Authenticator => MethodDto::Authenticator,
-            Method::Email => MethodDto::Email,
-        }
-    }
-}
-
-/// A user's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum RoleDto {
-    /// Manages the tenant.
-    Admin,
-    /// Supervisor.
-    Supervisor,
-    /// Agent.
-    Agent,
-}
-
-impl From<RoleDto> for Role {
-    fn from(r: RoleDto) -> Self {
-        match r {
-            RoleDto::Admin => Role::Admin,
-            RoleDto::Supervisor => Role::Supervisor,
-            RoleDto::Agent => Role::Agent,
-        }
-    }
-}
-
-impl From<Role> for RoleDto {
-    fn from(r: Role) -> Self {
-        match r {
-            Role::Admin => RoleDto::Admin,
-            Role::Supervisor => RoleDto::Supervisor,
-            Role::Agent => RoleDto::Agent,
-        }
-    }
-}
-
-fn methods(list: &[Method]) -> Vec<MethodDto> {
-    list.iter().copied().map(MethodDto::from).collect()
-}
-
 /// A user's second-factor state.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TwoFactorState {
     /// Enrolled methods.
-    pub enrolled: Vec<MethodDto>,
+    pub enrolled: Vec<Method>,
     /// The method last verified with, if still enrolled.
-    pub preferred: Option<MethodDto>,
+    pub preferred: Option<Method>,
 }
 
 /// `User`.
@@ -92,7 +28,7 @@ pub struct UserDto {
     /// Display name.
     pub name: String,
     /// Role.
-    pub role: RoleDto,
+    pub role: Role,
     /// Second factor.
     pub two_factor: TwoFactorState,
 }
@@ -103,8 +39,8 @@ impl From<&UserView> for UserDto {
             id: u.id.to_string(),
             email: u.email.clone(),
             name: u.name.clone(),
-            role: u.role.into(),
-            two_factor: TwoFactorState { enrolled: methods(&u.enrolled), preferred: u.preferred.map(Into::into) },
+            role: u.role,
+            two_factor: TwoFactorState { enrolled: u.enrolled.clone(), preferred: u.preferred },
         }
     }
 }
@@ -129,7 +65,7 @@ pub struct ChallengeDto {
     /// `enroll` or `verify`.
     pub next: NextDto,
     /// Methods on offer.
-    pub methods: Vec<MethodDto>,
+    pub methods: Vec<Method>,
     /// The user's address, masked.
     pub email_masked: String,
 }
@@ -154,7 +90,7 @@ impl From<&ChallengeView> for ChallengeDto {
                 latchkey_store::model::NextAction::Enroll => NextDto::Enroll,
                 latchkey_store::model::NextAction::Verify => NextDto::Verify,
             },
-            methods: methods(&c.methods),
+            methods: c.methods.clone(),
             email_masked: c.email_masked.clone(),
         }
     }
@@ -287,7 +223,7 @@ impl std::fmt::Debug for ConfirmRequest {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ConfirmResponse {
     /// The enrolled method.
-    pub enrolled: MethodDto,
+    pub enrolled: Method,
     /// Always `null`: sign in again.
     pub authentication_token: Option<String>,
     /// Always `login`.
@@ -313,7 +249,7 @@ pub struct VerifyRequest {
     /// The challenge token.
     pub challenge_token: String,
     /// `authenticator` or `email`.
-    pub method: MethodDto,
+    pub method: Method,
     /// Exactly 6 ASCII digits, as a string.
     #[schema(pattern = "^[0-9]{6}$", example = "012345")]
     pub code: String,
@@ -452,88 +388,11 @@ impl std::fmt::Debug for PasswordChangeRequest {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RoleMethods {
     /// Admins.
-    pub admin: Vec<MethodDto>,
+    pub admin: Vec<Method>,
     /// Supervisors.
-    pub supervisor: Vec<MethodDto>,
+    pub supervisor: Vec<Method>,
     /// Agents.
-    pub agent: Vec<MethodDto>,
-}
-
-/// A value per role.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
-pub struct PerRoleDto<T> {
-    /// Admins.
-    pub admin: T,
-    /// Supervisors.
-    pub supervisor: T,
-    /// Agents.
-    pub agent: T,
-}
-
-impl<T: Copy> From<PerRole<T>> for PerRoleDto<T> {
-    fn from(p: PerRole<T>) -> Self {
-        Self { admin: p.admin, supervisor: p.supervisor, agent: p.agent }
-    }
-}
-
-/// New values for some roles; a missing role keeps its value.
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PerRoleChangeDto<T> {
-    /// Admins.
-    pub admin: Option<T>,
-    /// Supervisors.
-    pub supervisor: Option<T>,
-    /// Agents.
-    pub agent: Option<T>,
-}
-
-impl<T> From<PerRoleChangeDto<T>> for PerRoleChange<T> {
-    fn from(p: PerRoleChangeDto<T>) -> Self {
-        Self { admin: p.admin, supervisor: p.supervisor, agent: p.agent }
-    }
-}
-
-/// A WebAuthn relying party (DESIGN.md 5.1).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RelyingPartyDto {
-    /// The RP id: a domain name, never an IP address.
-    pub rp_id: String,
-    /// Accepted origins: `https://…`, or `http://` on `localhost` / `*.localhost`, on the RP id
-    /// or a subdomain of it.
-    pub origins: Vec<String>,
-}
-
-impl From<RelyingParty> for RelyingPartyDto {
-    fn from(rp: RelyingParty) -> Self {
-        Self { rp_id: rp.rp_id, origins: rp.origins }
-    }
-}
-
-impl From<RelyingPartyDto> for RelyingParty {
-    fn from(rp: RelyingPartyDto) -> Self {
-        Self { rp_id: rp.rp_id, origins: rp.origins }
-    }
-}
-
-/// Which notices are sent (DESIGN.md 5.6).
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-pub struct NoticesDto {
-    /// Security notices to users about their own account.
-    pub security: bool,
-    /// Notices to every admin about a new recovery request.
-    pub recovery_requests: bool,
-}
-
-/// Some notice groups turned on or off.
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NoticesChangeDto {
-    /// Security notices.
-    pub security: Option<bool>,
-    /// Recovery-request notices.
-    pub recovery_requests: Option<bool>,
+    pub agent: Vec<Method>,
 }
 
 /// `GET /api/v1/settings/two-factor` answer (DESIGN.md sections 3 and 5.8).
@@ -544,17 +403,17 @@ pub struct TwoFactorSettings {
     /// Methods allowed per role.
     pub methods: RoleMethods,
     /// The relying party in force (the tenant's own, or the server's default).
-    pub webauthn: RelyingPartyDto,
+    pub webauthn: RelyingParty,
     /// Whether passwordless passkey sign-in is on.
     pub passkey_sign_in: bool,
     /// Whether each role may use recovery codes.
-    pub recovery_codes: PerRoleDto<bool>,
+    pub recovery_codes: PerRole<bool>,
     /// Days a trusted device lasts per role (0 = off).
-    pub remember_device_days: PerRoleDto<u32>,
+    pub remember_device_days: PerRole<u32>,
     /// Days supervisors and agents may skip enrollment (0 = none).
     pub enrollment_grace_days: u32,
     /// Which notices are sent.
-    pub notices: NoticesDto,
+    pub notices: Notices,
     /// URL prefixes a hosted sign-in may hand off to.
     pub return_urls: Vec<String>,
 }
@@ -566,52 +425,17 @@ impl From<&SettingsView> for TwoFactorSettings {
         Self {
             enabled: p.enabled,
             methods: RoleMethods {
-                admin: methods(&p.admin.to_vec()),
-                supervisor: methods(&p.supervisor.to_vec()),
-                agent: methods(&p.agent.to_vec()),
+                admin: p.admin.to_vec(),
+                supervisor: p.supervisor.to_vec(),
+                agent: p.agent.to_vec(),
             },
-            webauthn: v.relying_party.clone().into(),
+            webauthn: v.relying_party.clone(),
             passkey_sign_in: s.passkey_sign_in,
-            recovery_codes: s.recovery_codes.into(),
-            remember_device_days: s.remember_device_days.into(),
+            recovery_codes: s.recovery_codes,
+            remember_device_days: s.remember_device_days,
             enrollment_grace_days: s.enrollment_grace_days,
-            notices: NoticesDto { security: s.notices.security, recovery_requests: s.notices.recovery_requests },
+            notices: s.notices,
             return_urls: s.return_urls.clone(),
-        }
-    }
-}
-
-/// `PATCH /api/v1/settings/two-factor` body: any of the settings; a missing one keeps its
-/// value, a per-role object may name only some roles.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SettingsPatch {
-    /// The tenant's own relying party.
-    pub webauthn: Option<RelyingPartyDto>,
-    /// Passwordless passkey sign-in on or off.
-    pub passkey_sign_in: Option<bool>,
-    /// Recovery codes per role.
-    pub recovery_codes: Option<PerRoleChangeDto<bool>>,
-    /// Trusted-device days per role (0 to `LATCHKEY_REMEMBER_DEVICE_MAX_DAYS`).
-    pub remember_device_days: Option<PerRoleChangeDto<u32>>,
-    /// Grace period in days (0 to `LATCHKEY_ENROLLMENT_GRACE_MAX_DAYS`).
-    pub enrollment_grace_days: Option<u32>,
-    /// Notice groups.
-    pub notices: Option<NoticesChangeDto>,
-    /// The whole list of return URL prefixes.
-    pub return_urls: Option<Vec<String>>,
-}
-
-impl From<SettingsPatch> for SettingsChange {
-    fn from(p: SettingsPatch) -> Self {
-        Self {
-            webauthn: p.webauthn.map(Into::into),
-            passkey_sign_in: p.passkey_sign_in,
-            recovery_codes: p.recovery_codes.map(Into::into),
-            remember_device_days: p.remember_device_days.map(Into::into),
-            enrollment_grace_days: p.enrollment_grace_days,
-            notices: p.notices.map(|n| NoticesChange { security: n.security, recovery_requests: n.recovery_requests }),
-            return_urls: p.return_urls,
         }
     }
 }
@@ -622,7 +446,7 @@ pub struct EnableRequest {
     /// The admin's password.
     pub password: String,
     /// The admin's method.
-    pub method: MethodDto,
+    pub method: Method,
 }
 
 impl std::fmt::Debug for EnableRequest {
@@ -637,7 +461,7 @@ pub struct EnableResponse {
     /// Token for `enable/confirm`: bound to this session, single-use.
     pub setup_token: String,
     /// The chosen method.
-    pub method: MethodDto,
+    pub method: Method,
     /// Authenticator setup key (when a new authenticator is set up).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
@@ -692,11 +516,11 @@ impl std::fmt::Debug for PasswordRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct MethodsRequest {
     /// Methods for admins.
-    pub admin: Option<Vec<MethodDto>>,
+    pub admin: Option<Vec<Method>>,
     /// Methods for supervisors.
-    pub supervisor: Option<Vec<MethodDto>>,
+    pub supervisor: Option<Vec<Method>>,
     /// Methods for agents.
-    pub agent: Option<Vec<MethodDto>>,
+    pub agent: Option<Vec<Method>>,
 }
 
 /// `POST /api/v1/agents` body.
@@ -707,7 +531,7 @@ pub struct CreateAgentRequest {
     /// Display name.
     pub name: String,
     /// Role.
-    pub role: RoleDto,
+    pub role: Role,
     /// Initial password (8+ characters).
     #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
@@ -730,7 +554,7 @@ pub struct UpdateAgentRequest {
     /// New name.
     pub name: Option<String>,
     /// New role.
-    pub role: Option<RoleDto>,
+    pub role: Option<Role>,
     /// The acting admin's password: required when an admin changes their own email here.
     pub password: Option<String>,
 }
@@ -866,11 +690,8 @@ mod tests {
 
     #[test]
     fn debug_output_hides_tokens_and_codes() {
-        let verify = VerifyRequest {
-            challenge_token: "challenge-secret".into(),
-            method: MethodDto::Email,
-            code: "123456".into(),
-        };
+        let verify =
+            VerifyRequest { challenge_token: "challenge-secret".into(), method: Method::Email, code: "123456".into() };
         let shown = format!("{verify:?}");
         assert!(!shown.contains("challenge-secret") && !shown.contains("123456"), "{shown}");
         let session = SessionResponse {
@@ -880,7 +701,7 @@ mod tests {
                 id: "u".into(),
                 email: "e".into(),
                 name: "n".into(),
-                role: RoleDto::Agent,
+                role: Role::Agent,
                 two_factor: TwoFactorState { enrolled: vec![], preferred: None },
             },
         };

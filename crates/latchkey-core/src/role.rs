@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// A user's role within a tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Manages the tenant: 2FA policy, users, recovery requests.
@@ -66,6 +67,7 @@ impl FromStr for Role {
 
 /// A second-factor method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// An authenticator app producing TOTP codes (RFC 6238).
@@ -75,7 +77,8 @@ pub enum Method {
 }
 
 impl Method {
-    /// Both methods, in display order.
+    /// Every method, in display order. A method's place here is its bit in a [`MethodSet`]
+    /// (stored): append new methods, never reorder.
     pub const ALL: [Method; 2] = [Method::Authenticator, Method::Email];
 
     /// The wire name (`authenticator`, `email`).
@@ -87,10 +90,8 @@ impl Method {
     }
 
     fn bit(self) -> u8 {
-        match self {
-            Method::Authenticator => 1,
-            Method::Email => 2,
-        }
+        let place = Method::ALL.iter().position(|m| *m == self).unwrap_or(0);
+        1 << place
     }
 }
 
@@ -103,28 +104,26 @@ impl fmt::Display for Method {
 impl FromStr for Method {
     type Err = UnknownName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "authenticator" => Ok(Method::Authenticator),
-            "email" => Ok(Method::Email),
-            _ => Err(UnknownName { kind: "method", value: s.to_owned() }),
-        }
+        Method::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| UnknownName::new("method", s))
     }
 }
 
-/// A set of methods, stored as a bit mask (1 = authenticator, 2 = email).
+/// A set of methods, stored as a bit mask (bit `i` = `Method::ALL[i]`: 1 = authenticator,
+/// 2 = email).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct MethodSet(u8);
 
 impl MethodSet {
     /// No method.
     pub const EMPTY: MethodSet = MethodSet(0);
-    /// Both methods (the default per role).
+    /// Authenticator and email (the default per role, DESIGN.md section 1).
     pub const BOTH: MethodSet = MethodSet(3);
 
     /// The set from its stored bit mask; unknown bits are dropped.
     pub fn from_bits(bits: i32) -> Self {
-        // Only the two known bits survive, so the cast cannot lose a method.
-        Self((bits & 3) as u8)
+        let known = (1i32 << Method::ALL.len()) - 1;
+        // Only known bits survive (fewer than 8 methods), so the cast cannot lose a method.
+        Self((bits & known) as u8)
     }
 
     /// The stored bit mask.

@@ -16,6 +16,7 @@ use crate::role::Role;
 
 /// One value per role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PerRole<T> {
     /// Admins.
     pub admin: T,
@@ -53,6 +54,7 @@ impl<T: Copy> PerRole<T> {
 /// Some roles' new values; a missing role keeps its value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PerRoleChange<T> {
     /// Admins.
     pub admin: Option<T>,
@@ -65,6 +67,7 @@ pub struct PerRoleChange<T> {
 /// Which notices are sent (DESIGN.md 5.6); each group is on by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Notices {
     /// Mails to a user about changes to his own security.
     pub security: bool,
@@ -81,6 +84,7 @@ impl Default for Notices {
 /// Some notice groups' new values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NoticesChange {
     /// Security notices.
     pub security: Option<bool>,
@@ -92,6 +96,7 @@ pub struct NoticesChange {
 /// RP id, a registrable domain name, and the origins whose ceremonies are accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RelyingParty {
     /// The RP id: a domain name, never an IP address.
     pub rp_id: String,
@@ -176,6 +181,7 @@ pub const MAX_URL_LEN: usize = 2048;
 /// value, per-role objects may name only some roles.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SettingsChange {
     /// A new relying party; `null` is not accepted here (use the server's by omitting it).
     pub webauthn: Option<RelyingParty>,

@@ -60,7 +60,7 @@ pub async fn create(
     body: web::Json<CreateAgentRequest>,
 ) -> ApiResult<HttpResponse> {
     let body = body.into_inner();
-    let new = NewUser { email: body.email, name: body.name, role: body.role.into(), password: body.password };
+    let new = NewUser { email: body.email, name: body.name, role: body.role, password: body.password };
     let user = st.service.create_user(&authed.ctx, &authed.auth, new).await?;
     Ok(json(StatusCode::CREATED, &UserDto::from(&user)))
 }
@@ -90,8 +90,7 @@ pub async fn update(
     body: web::Json<UpdateAgentRequest>,
 ) -> ApiResult<HttpResponse> {
     let body = body.into_inner();
-    let changes =
-        UserChanges { email: body.email, name: body.name, role: body.role.map(Into::into), password: body.password };
+    let changes = UserChanges { email: body.email, name: body.name, role: body.role, password: body.password };
     let user = st.service.update_user(&authed.ctx, &authed.auth, user_id(&id)?, changes).await?;
     Ok(json(StatusCode::OK, &UserDto::from(&user)))
 }

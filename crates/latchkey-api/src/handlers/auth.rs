@@ -7,8 +7,8 @@ use latchkey_tenant::{RecoveryStarted, SignIn};
 
 use super::{code_shape, json};
 use crate::dto::{
-    AuthenticatorSetup, ChallengeRequest, ConfirmRequest, ConfirmResponse, EmailSentResponse, MethodDto,
-    RecoveryResponse, ResetRequest, ResetResponse, SessionResponse, SignInRequest, SignInResponse, VerifyRequest,
+    AuthenticatorSetup, ChallengeRequest, ConfirmRequest, ConfirmResponse, EmailSentResponse, RecoveryResponse,
+    ResetRequest, ResetResponse, SessionResponse, SignInRequest, SignInResponse, VerifyRequest,
 };
 use crate::error::{ApiResult, Problem};
 use crate::extract::{Authed, Ctx};
@@ -115,7 +115,7 @@ pub async fn authenticator_confirm(
     st.service.authenticator_confirm(&ctx.0, &body.challenge_token, code).await?;
     Ok(json(
         StatusCode::OK,
-        &ConfirmResponse { enrolled: MethodDto::Authenticator, authentication_token: None, next: "login".into() },
+        &ConfirmResponse { enrolled: Method::Authenticator, authentication_token: None, next: "login".into() },
     ))
 }
 
@@ -166,7 +166,7 @@ pub async fn email_send(
 #[post("/api/v1/auth/2fa/verify")]
 pub async fn verify(st: web::Data<AppState>, ctx: Ctx, body: web::Json<VerifyRequest>) -> ApiResult<HttpResponse> {
     let code = code_shape(&body.code)?;
-    let method: Method = body.method.into();
+    let method: Method = body.method;
     let s = st.service.verify(&ctx.0, &body.challenge_token, method, code).await?;
     Ok(json(
         StatusCode::OK,

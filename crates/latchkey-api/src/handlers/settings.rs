@@ -2,13 +2,14 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, get, patch, post, put, web};
-use latchkey_core::MethodSet;
+use latchkey_core::settings::{RelyingParty, SettingsChange};
+use latchkey_core::{Method, MethodSet};
 use latchkey_tenant::MethodChanges;
 
 use super::{code_shape, json};
 use crate::dto::{
-    EnableConfirmRequest, EnableRequest, EnableResponse, EnabledResponse, MethodDto, MethodsRequest, PasswordRequest,
-    RelyingPartyDto, SettingsPatch, TwoFactorSettings,
+    EnableConfirmRequest, EnableRequest, EnableResponse, EnabledResponse, MethodsRequest, PasswordRequest,
+    TwoFactorSettings,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::Authed;
@@ -36,7 +37,7 @@ pub async fn get_settings(st: web::Data<AppState>, authed: Authed) -> ApiResult<
 #[utoipa::path(
     tag = "settings",
     security(("bearer" = [])),
-    request_body = SettingsPatch,
+    request_body = SettingsChange,
     responses(
         (status = 200, description = "The settings", body = TwoFactorSettings),
         (status = 400, description = "`invalid_request`: a value out of bounds, an unknown field, a bad relying party or return URL", body = Problem, content_type = "application/problem+json"),
@@ -48,9 +49,9 @@ pub async fn get_settings(st: web::Data<AppState>, authed: Authed) -> ApiResult<
 pub async fn patch_settings(
     st: web::Data<AppState>,
     authed: Authed,
-    body: web::Json<SettingsPatch>,
+    body: web::Json<SettingsChange>,
 ) -> ApiResult<HttpResponse> {
-    let view = st.service.update_settings(&authed.ctx, &authed.auth, body.into_inner().into()).await?;
+    let view = st.service.update_settings(&authed.ctx, &authed.auth, body.into_inner()).await?;
     Ok(json(StatusCode::OK, &TwoFactorSettings::from(&view)))
 }
 
@@ -59,7 +60,7 @@ pub async fn patch_settings(
 #[utoipa::path(
     tag = "settings",
     security(("bearer" = [])),
-    request_body = RelyingPartyDto,
+    request_body = RelyingParty,
     responses(
         (status = 200, description = "The settings", body = TwoFactorSettings),
         (status = 400, description = "`invalid_request`: an IP address or bad name as RP id, an origin not on it", body = Problem, content_type = "application/problem+json"),
@@ -71,10 +72,9 @@ pub async fn patch_settings(
 pub async fn put_webauthn(
     st: web::Data<AppState>,
     authed: Authed,
-    body: web::Json<RelyingPartyDto>,
+    body: web::Json<RelyingParty>,
 ) -> ApiResult<HttpResponse> {
-    let change =
-        latchkey_core::settings::SettingsChange { webauthn: Some(body.into_inner().into()), ..Default::default() };
+    let change = SettingsChange { webauthn: Some(body.into_inner()), ..Default::default() };
     let view = st.service.update_settings(&authed.ctx, &authed.auth, change).await?;
     Ok(json(StatusCode::OK, &TwoFactorSettings::from(&view)))
 }
@@ -101,13 +101,13 @@ pub async fn enable(
     authed: Authed,
     body: web::Json<EnableRequest>,
 ) -> ApiResult<HttpResponse> {
-    let setup = st.service.enable(&authed.ctx, &authed.auth, &body.password, body.method.into()).await?;
+    let setup = st.service.enable(&authed.ctx, &authed.auth, &body.password, body.method).await?;
     let totp = setup.totp.as_ref();
     Ok(json(
         StatusCode::OK,
         &EnableResponse {
             setup_token: setup.setup_token.expose().to_owned(),
-            method: setup.method.into(),
+            method: setup.method,
             secret: totp.map(|t| t.secret.clone()),
             otpauth_uri: totp.map(|t| t.otpauth_uri.clone()),
             qr_png: totp.map(|t| t.qr_png.clone()),
@@ -165,11 +165,11 @@ pub async fn disable(
     Ok(json(StatusCode::OK, &EnabledResponse { enabled: false }))
 }
 
-fn method_set(list: Option<&Vec<MethodDto>>) -> Result<Option<MethodSet>, ApiError> {
+fn method_set(list: Option<&Vec<Method>>) -> Result<Option<MethodSet>, ApiError> {
     match list {
         None => Ok(None),
         Some(list) if list.is_empty() => Err(ApiError::InvalidRequest("each method list must be non-empty".into())),
-        Some(list) => Ok(Some(list.iter().map(|m| latchkey_core::Method::from(*m)).collect())),
+        Some(list) => Ok(Some(list.iter().copied().collect())),
     }
 }
 

@@ -4,8 +4,14 @@
 mod account;
 mod admin;
 mod challenge;
+mod email_code;
+mod enroll;
+mod factor;
+mod recovery;
+mod reset_link;
 mod settings;
 mod signin;
+mod verify;
 
 use std::sync::Arc;
 
@@ -29,7 +35,9 @@ use zeroize::Zeroizing;
 
 pub use account::{NewUser, UserChanges};
 pub use admin::{Purged, RecoveryView};
-pub use challenge::{EmailSent, RecoveryStarted, TotpSetup};
+pub use email_code::EmailSent;
+pub use factor::TotpSetup;
+pub use recovery::RecoveryStarted;
 pub use settings::{EnableSetup, MethodChanges, SettingsView};
 pub use signin::{ChallengeView, IssuedSession, SignIn};
 

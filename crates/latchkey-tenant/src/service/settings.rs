@@ -9,7 +9,8 @@ use latchkey_store::repo::{challenges, enrollments, sessions, tenants, users};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::challenge::{Checked, Located, TotpSetup, pending_aad};
+use super::challenge::Located;
+use super::factor::{Checked, Proof, TotpSetup, pending_aad, totp_setup};
 use super::{Auth, RequestCtx, Service};
 use crate::error::{Error, Result};
 
@@ -170,7 +171,7 @@ impl Service {
         match method {
             Method::Authenticator => {
                 if let Some(secret) = secret {
-                    setup.totp = Some(Service::totp_setup(&secret, &auth.tenant, &auth.user)?);
+                    setup.totp = Some(totp_setup(&secret, &auth.tenant, &auth.user)?);
                 }
             }
             Method::Email => {
@@ -213,17 +214,13 @@ impl Service {
                     return Ok(Err(e));
                 }
                 let who = Some(user.id.to_string());
-                match svc.check_code(c, &ch, &user, method, &code, now)? {
-                    Checked::Totp { step, enroll: Some(secret), .. } => {
-                        svc.enroll_authenticator(c, &ctx, &user, &secret, step)?;
-                    }
-                    Checked::Totp { enroll: None, .. } => {}
-                    Checked::Email { code_id } => svc.accept_email_code(c, &ctx, &user, &ch, code_id)?,
+                match svc.check_proof(c, &ch, &user, method, &Proof::Code(&code), now)? {
+                    Checked::Accepted { enroll, .. } => Service::enroll_accepted(c, &ctx, &user, Some(ch.id), enroll)?,
                     Checked::Replayed => return Ok(Err(svc.on_replay(&user, method, now))),
                     Checked::Wrong { expired } => {
                         return Ok(Err(svc.on_failure(c, &ctx, &user, method, expired)?));
                     }
-                    Checked::NoAuthenticator => return Ok(Err(Error::InvalidSetupToken)),
+                    Checked::NotEnrolled => return Ok(Err(Error::InvalidSetupToken)),
                 }
                 tenants::set_enabled(c, tenant_id, true, now)?;
                 challenges::end_for_tenant(c, tenant_id, None, now)?;

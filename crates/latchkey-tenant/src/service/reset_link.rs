@@ -1,0 +1,98 @@
+//! An admin's reset link: sent by email under the shared send budget, used once to reset
+//! the admin's second factor (DESIGN.md "Recovery").
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use latchkey_core::crypto::TokenPurpose;
+use latchkey_core::otp::decide_send;
+use latchkey_core::{AuditKind, DeliveryId, ResetTokenId, Role, SecretToken};
+use latchkey_store::model::ResetToken;
+use latchkey_store::repo::{deliveries, reset_tokens, users};
+use serde_json::json;
+
+use super::challenge::Located;
+use super::email_code::send_refusal;
+use super::recovery::RecoveryStarted;
+use super::{RequestCtx, Service};
+use crate::error::{Error, Result};
+use crate::outbox::{MailJob, SendResetLink, job_aad};
+
+impl Service {
+    pub(super) async fn send_reset_link(&self, ctx: &RequestCtx, loc: Located) -> Result<RecoveryStarted> {
+        let svc = self.clone();
+        let ctx2 = ctx.clone();
+        let now = ctx.now;
+        let tenant_name = loc.tenant.name.clone();
+        let (user, token, token_id, delivery_id) = self
+            .store
+            .write(move |c| {
+                let Some((user, _)) = Service::reread(c, &loc, now)? else {
+                    return Ok(Err(Error::InvalidChallenge));
+                };
+                let sent = svc.mails_sent(c, user.id, now)?;
+                if let Err(refusal) = decide_send(&sent, now, &svc.limits) {
+                    return Ok(Err(send_refusal(refusal, now)));
+                }
+                reset_tokens::void_for_user(c, user.id, now)?;
+                let token = SecretToken::generate();
+                let row = ResetToken {
+                    id: ResetTokenId::new(),
+                    tenant_id: user.tenant_id,
+                    user_id: user.id,
+                    created_at: now,
+                    expires_at: now + svc.limits.reset_link_ttl,
+                    used_at: None,
+                    voided_at: None,
+                };
+                reset_tokens::insert(c, &row, &svc.keys.token_hash(TokenPurpose::Reset, token.expose()))?;
+                let delivery_id = DeliveryId::new();
+                deliveries::insert(c, delivery_id, "reset_link", now)?;
+                let who = Some(user.id.to_string());
+                Service::audit(c, &ctx2, user.tenant_id, who, Some(user.id), AuditKind::ResetLinkSent, json!({}))?;
+                Ok(Ok((user, token, row.id, delivery_id)))
+            })
+            .await??;
+        let job = SendResetLink {
+            delivery_id,
+            token_id,
+            to: user.email.clone(),
+            tenant_name,
+            sealed_token: STANDARD.encode(self.keys.seal(token.expose().as_bytes(), &job_aad(delivery_id))),
+            expires_at: now + self.limits.reset_link_ttl,
+            enqueued_at: now,
+        };
+        self.enqueue_or_undo(MailJob::ResetLink(job), move |c| {
+            reset_tokens::delete(c, token_id)?;
+            deliveries::finish(c, delivery_id, deliveries::DeliveryState::Dropped, now)
+        })
+        .await?;
+        Ok(RecoveryStarted::EmailLink { email_masked: latchkey_core::email::mask(&user.email) })
+    }
+
+    /// `POST /api/v1/auth/2fa/reset`: uses an admin's reset link: removes the admin's
+    /// enrollments, counters and blocks and ends the admin's sessions. Signs nobody in.
+    ///
+    /// Errors: `InvalidToken` for an unknown, used, voided or expired token.
+    pub async fn reset_with_link(&self, ctx: &RequestCtx, token: &str) -> Result<()> {
+        let hash = self.keys.token_hash(TokenPurpose::Reset, token);
+        let ctx = ctx.clone();
+        self.store
+            .write(move |c| {
+                let now = ctx.now;
+                let Some(row) = reset_tokens::live_by_hash(c, &hash, now)? else {
+                    return Ok(Err(Error::InvalidToken));
+                };
+                // A link works only while its user is still an admin (DESIGN.md "Accounts").
+                let still_admin =
+                    users::lock_and_get(c, row.tenant_id, row.user_id)?.is_some_and(|u| u.role == Role::Admin);
+                if !still_admin || !reset_tokens::mark_used(c, row.id, now)? {
+                    return Ok(Err(Error::InvalidToken));
+                }
+                Service::reset_second_factor(c, row.user_id, now)?;
+                let who = Some(row.user_id.to_string());
+                Service::audit(c, &ctx, row.tenant_id, who, Some(row.user_id), AuditKind::ResetLinkUsed, json!({}))?;
+                Ok(Ok(()))
+            })
+            .await?
+    }
+}
