@@ -15,5 +15,6 @@ mod fuzz;
 mod hardening;
 mod http;
 mod recovery;
+mod self_service;
 mod settings;
 mod signin;

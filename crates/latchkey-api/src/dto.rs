@@ -5,7 +5,7 @@ use latchkey_core::settings::{Notices, PerRole, RelyingParty};
 use latchkey_core::{Method, Role};
 use latchkey_store::model::AuditEvent;
 use latchkey_tenant::SettingsView;
-use latchkey_tenant::{ChallengeView, RecoveryView, UserView};
+use latchkey_tenant::{ChallengeView, IssuedSession, RecoveryView, UserView};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -68,6 +68,13 @@ pub struct ChallengeDto {
     pub methods: Vec<Method>,
     /// The user's address, masked.
     pub email_masked: String,
+    /// Whether `method: "recovery_code"` may be used (DESIGN.md 5.2).
+    pub recovery_code: bool,
+    /// Whether the enrollment may be skipped now (`POST /api/v1/auth/2fa/skip`, DESIGN.md 5.5).
+    pub skippable: bool,
+    /// The end of the grace period, on `enroll` challenges of a tenant with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enroll_by: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for ChallengeDto {
@@ -92,6 +99,9 @@ impl From<&ChallengeView> for ChallengeDto {
             },
             methods: c.methods.clone(),
             email_masked: c.email_masked.clone(),
+            recovery_code: c.recovery_code,
+            skippable: c.skippable,
+            enroll_by: c.enroll_by,
         }
     }
 }
@@ -148,6 +158,9 @@ pub struct SignInRequest {
     pub email: String,
     /// Password.
     pub password: String,
+    /// A trusted device's token (DESIGN.md 5.4); an unknown or dead one is ignored.
+    #[serde(default)]
+    pub device_token: Option<String>,
 }
 
 impl std::fmt::Debug for SignInRequest {
@@ -167,6 +180,8 @@ pub struct SignInResponse {
     pub user: UserDto,
     /// The challenge while 2FA is on, else `null`.
     pub two_factor: Option<ChallengeDto>,
+    /// Whether a trusted device stood in for the second factor (DESIGN.md 5.4).
+    pub trusted_device: bool,
 }
 
 impl std::fmt::Debug for SignInResponse {
@@ -243,16 +258,44 @@ pub struct EmailSentResponse {
     pub sends_remaining: u32,
 }
 
+/// What `POST /api/v1/auth/2fa/verify` is asked to check: a method's proof, or a recovery code
+/// (which is not a method, DESIGN.md 5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyMethod {
+    /// A code from the authenticator app.
+    Authenticator,
+    /// The emailed code.
+    Email,
+    /// One of the user's recovery codes.
+    RecoveryCode,
+}
+
+impl From<&latchkey_tenant::EmailSent> for EmailSentResponse {
+    fn from(s: &latchkey_tenant::EmailSent) -> Self {
+        Self {
+            email_masked: s.email_masked.clone(),
+            expires_at: s.expires_at,
+            resend_available_at: s.resend_available_at,
+            sends_remaining: s.sends_remaining,
+        }
+    }
+}
+
 /// `POST /api/v1/auth/2fa/verify` body.
 #[derive(Deserialize, ToSchema)]
 pub struct VerifyRequest {
     /// The challenge token.
     pub challenge_token: String,
-    /// `authenticator` or `email`.
-    pub method: Method,
-    /// Exactly 6 ASCII digits, as a string.
-    #[schema(pattern = "^[0-9]{6}$", example = "012345")]
-    pub code: String,
+    /// `authenticator`, `email` or `recovery_code`.
+    pub method: VerifyMethod,
+    /// For a method: exactly 6 ASCII digits, as a string. For `recovery_code`: the code, any
+    /// letter case, with or without its hyphen (`xxxxx-xxxxx`).
+    #[schema(example = "012345")]
+    pub code: Option<String>,
+    /// Remember this device where the role allows it (DESIGN.md 5.4).
+    #[serde(default)]
+    pub remember_device: bool,
 }
 
 impl std::fmt::Debug for VerifyRequest {
@@ -261,7 +304,7 @@ impl std::fmt::Debug for VerifyRequest {
     }
 }
 
-/// A session: `POST /api/v1/auth/2fa/verify` answer.
+/// A session: `POST /api/v1/auth/2fa/verify` answer (also `skip`).
 #[derive(Serialize, ToSchema)]
 pub struct SessionResponse {
     /// Bearer token.
@@ -270,6 +313,25 @@ pub struct SessionResponse {
     pub expires_at: DateTime<Utc>,
     /// The user.
     pub user: UserDto,
+    /// A trusted device's token, when `remember_device` was asked for and the role allows it;
+    /// shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_token: Option<String>,
+    /// When that device stops being honoured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_expires_at: Option<DateTime<Utc>>,
+}
+
+impl From<&IssuedSession> for SessionResponse {
+    fn from(s: &IssuedSession) -> Self {
+        Self {
+            authentication_token: s.token.expose().to_owned(),
+            expires_at: s.expires_at,
+            user: (&s.user).into(),
+            device_token: s.device.as_ref().map(|d| d.token.expose().to_owned()),
+            device_expires_at: s.device.as_ref().map(|d| d.expires_at),
+        }
+    }
 }
 
 impl std::fmt::Debug for SessionResponse {
@@ -684,14 +746,205 @@ pub struct Readiness {
     pub outbox: Option<String>,
 }
 
+/// An enrolled method's dates (`GET /api/v1/me/two-factor`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MethodDates {
+    /// When it was enrolled.
+    pub created_at: DateTime<Utc>,
+    /// When it last verified a sign-in or step-up.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// The email method's enrollment.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmailMethodDto {
+    /// When it was enrolled.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The user's recovery codes, as far as they can be shown.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecoveryCodesState {
+    /// Codes not used yet.
+    pub remaining: u32,
+    /// When the set was generated.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A trusted device (DESIGN.md 5.4).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceDto {
+    /// Id.
+    pub id: String,
+    /// When it was remembered.
+    pub created_at: DateTime<Utc>,
+    /// When it last signed the user in.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When it stops being honoured.
+    pub expires_at: DateTime<Utc>,
+    /// The user agent that asked to remember it.
+    pub user_agent: Option<String>,
+    /// The client IP that asked to remember it.
+    pub ip: Option<String>,
+}
+
+impl From<&latchkey_store::model::TrustedDevice> for DeviceDto {
+    fn from(d: &latchkey_store::model::TrustedDevice) -> Self {
+        Self {
+            id: d.id.to_string(),
+            created_at: d.created_at,
+            last_used_at: d.last_used_at,
+            expires_at: d.expires_at,
+            user_agent: d.user_agent.clone(),
+            ip: d.ip.clone(),
+        }
+    }
+}
+
+/// `GET /api/v1/me/trusted-devices` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceList {
+    /// Live devices, oldest first.
+    pub items: Vec<DeviceDto>,
+}
+
+/// `GET /api/v1/me/two-factor` answer (DESIGN.md 5.3).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TwoFactorOverviewDto {
+    /// Enrolled methods.
+    pub enrolled: Vec<Method>,
+    /// The preferred method (listed first by challenges).
+    pub preferred: Option<Method>,
+    /// The authenticator, if enrolled.
+    pub authenticator: Option<MethodDates>,
+    /// The email method, if enrolled.
+    pub email: Option<EmailMethodDto>,
+    /// The recovery codes, if the user has a set.
+    pub recovery_codes: Option<RecoveryCodesState>,
+    /// Live trusted devices.
+    pub trusted_devices: Vec<DeviceDto>,
+}
+
+impl From<&latchkey_tenant::TwoFactorOverview> for TwoFactorOverviewDto {
+    fn from(o: &latchkey_tenant::TwoFactorOverview) -> Self {
+        Self {
+            enrolled: o.enrolled.clone(),
+            preferred: o.preferred,
+            authenticator: o
+                .authenticator
+                .as_ref()
+                .map(|e| MethodDates { created_at: e.created_at, last_used_at: e.last_used_at }),
+            email: o.email.as_ref().map(|e| EmailMethodDto { created_at: e.created_at }),
+            recovery_codes: o
+                .recovery_codes
+                .map(|s| RecoveryCodesState { remaining: s.remaining, created_at: s.created_at }),
+            trusted_devices: o.trusted_devices.iter().map(DeviceDto::from).collect(),
+        }
+    }
+}
+
+/// `POST /api/v1/me/step-up` body.
+#[derive(Deserialize, ToSchema)]
+pub struct StepUpRequest {
+    /// `authenticator` or `email` (recovery codes do not step up).
+    pub method: Method,
+    /// Exactly 6 ASCII digits, as a string.
+    #[schema(example = "012345")]
+    pub code: Option<String>,
+}
+
+impl std::fmt::Debug for StepUpRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepUpRequest").field("method", &self.method).finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/me/step-up` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StepUpResponse {
+    /// When the session's second factor was verified.
+    pub verified_at: DateTime<Utc>,
+}
+
+/// `POST /api/v1/me/two-factor/authenticator` answer.
+#[derive(Serialize, ToSchema)]
+pub struct AuthenticatorAdded {
+    /// Token for the confirmation: bound to this session, single-use.
+    pub setup_token: String,
+    /// The setup key: base32, no padding.
+    pub secret: String,
+    /// The Key Uri Format URI.
+    pub otpauth_uri: String,
+    /// PNG QR code of `otpauth_uri`, base64.
+    pub qr_png: String,
+}
+
+/// `POST /api/v1/me/two-factor/email` answer.
+#[derive(Serialize, ToSchema)]
+pub struct EmailAdded {
+    /// Token for the confirmation: bound to this session, single-use.
+    pub setup_token: String,
+    /// Where the code went, masked.
+    pub email_masked: String,
+    /// When the code expires.
+    pub expires_at: DateTime<Utc>,
+    /// When another code may be asked for.
+    pub resend_available_at: DateTime<Utc>,
+    /// Sends left in the sliding window.
+    pub sends_remaining: u32,
+}
+
+/// A setup's confirmation: `POST /api/v1/me/two-factor/*/confirm` body.
+#[derive(Deserialize, ToSchema)]
+pub struct SetupConfirmRequest {
+    /// The setup token.
+    pub setup_token: String,
+    /// Exactly 6 ASCII digits, as a string.
+    #[schema(pattern = "^[0-9]{6}$", example = "012345")]
+    pub code: String,
+}
+
+impl std::fmt::Debug for SetupConfirmRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetupConfirmRequest").finish_non_exhaustive()
+    }
+}
+
+/// A method enrolled from the account: the confirmations' answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnrolledResponse {
+    /// The method.
+    pub enrolled: Method,
+}
+
+/// `PUT /api/v1/me/two-factor/preferred` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PreferredRequest {
+    /// An enrolled method.
+    pub method: Method,
+}
+
+/// `POST /api/v1/me/recovery-codes` answer: the codes, shown once.
+#[derive(Serialize, ToSchema)]
+pub struct RecoveryCodesResponse {
+    /// Ten codes, `xxxxx-xxxxx` (lower-case Crockford base32).
+    pub codes: Vec<String>,
+    /// When they were generated.
+    pub created_at: DateTime<Utc>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn debug_output_hides_tokens_and_codes() {
-        let verify =
-            VerifyRequest { challenge_token: "challenge-secret".into(), method: Method::Email, code: "123456".into() };
+        let verify = VerifyRequest {
+            challenge_token: "challenge-secret".into(),
+            method: VerifyMethod::Email,
+            code: Some("123456".into()),
+            remember_device: true,
+        };
         let shown = format!("{verify:?}");
         assert!(!shown.contains("challenge-secret") && !shown.contains("123456"), "{shown}");
         let session = SessionResponse {
@@ -704,8 +957,16 @@ mod tests {
                 role: Role::Agent,
                 two_factor: TwoFactorState { enrolled: vec![], preferred: None },
             },
+            device_token: Some("device-secret".into()),
+            device_expires_at: None,
         };
-        assert!(!format!("{session:?}").contains("session-secret"));
+        let shown = format!("{session:?}");
+        assert!(!shown.contains("session-secret") && !shown.contains("device-secret"), "{shown}");
+        let step_up = StepUpRequest { method: Method::Email, code: Some("112233".into()) };
+        assert!(!format!("{step_up:?}").contains("112233"));
+        let setup = SetupConfirmRequest { setup_token: "setup-secret".into(), code: "445566".into() };
+        let shown = format!("{setup:?}");
+        assert!(!shown.contains("setup-secret") && !shown.contains("445566"));
         let confirm = EnableConfirmRequest { setup_token: "setup-secret".into(), code: "654321".into() };
         let shown = format!("{confirm:?}");
         assert!(!shown.contains("setup-secret") && !shown.contains("654321"));

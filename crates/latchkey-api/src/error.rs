@@ -49,6 +49,7 @@ pub const CODES: &[(&str, u16)] = &[
     ("step_up_required", 403),
     ("method_not_allowed", 403),
     ("email_change_forbidden", 403),
+    ("enrollment_required", 403),
     ("not_found", 404),
     ("http_method_not_allowed", 405),
     ("request_timeout", 408),
@@ -59,6 +60,7 @@ pub const CODES: &[(&str, u16)] = &[
     ("already_enabled", 409),
     ("last_admin", 409),
     ("request_not_pending", 409),
+    ("last_method", 409),
     ("code_expired", 410),
     ("payload_too_large", 413),
     ("unsupported_media_type", 415),
@@ -170,9 +172,11 @@ fn domain_status(e: &Domain) -> StatusCode {
         | Domain::InvalidToken
         | Domain::InvalidPassword
         | Domain::InvalidSetupToken => StatusCode::UNAUTHORIZED,
-        Domain::Forbidden | Domain::MethodNotAllowed | Domain::StepUpRequired | Domain::EmailChangeForbidden => {
-            StatusCode::FORBIDDEN
-        }
+        Domain::Forbidden
+        | Domain::MethodNotAllowed
+        | Domain::StepUpRequired
+        | Domain::EmailChangeForbidden
+        | Domain::EnrollmentRequired => StatusCode::FORBIDDEN,
         Domain::NotFound => StatusCode::NOT_FOUND,
         Domain::TenantExists
         | Domain::EmailTaken
@@ -180,7 +184,8 @@ fn domain_status(e: &Domain) -> StatusCode {
         | Domain::SetupRequired
         | Domain::AlreadyEnabled
         | Domain::LastAdmin
-        | Domain::RequestNotPending => StatusCode::CONFLICT,
+        | Domain::RequestNotPending
+        | Domain::LastMethod => StatusCode::CONFLICT,
         Domain::CodeExpired { .. } => StatusCode::GONE,
         Domain::OtpBlocked { .. } => StatusCode::LOCKED,
         Domain::RateLimited { .. } | Domain::ResendTooSoon { .. } | Domain::SendLimitReached { .. } => {
@@ -252,6 +257,8 @@ mod tests {
             Domain::RequestNotPending,
             Domain::InvalidSetupToken,
             Domain::EmailChangeForbidden,
+            Domain::LastMethod,
+            Domain::EnrollmentRequired,
             Domain::QueueUnavailable,
             Domain::StoreUnavailable,
             Domain::Internal(String::new()),
@@ -290,6 +297,9 @@ mod tests {
             ("rate_limited", 429),
             ("resend_too_soon", 429),
             ("send_limit_reached", 429),
+            // DESIGN.md 5.8 "New problem codes" (`invalid_credential` comes with WebAuthn).
+            ("last_method", 409),
+            ("enrollment_required", 403),
         ] {
             assert!(CODES.contains(&(code, status)), "{code} {status}");
         }

@@ -26,7 +26,7 @@ pub use metrics::HttpMetrics;
 pub use state::{AppState, OutboxProbe};
 
 use crate::error::ApiError;
-use crate::handlers::{agents, audit, auth, me, operator, ops, recovery, reset_page, settings};
+use crate::handlers::{agents, audit, auth, me, operator, ops, recovery, reset_page, settings, two_factor};
 use crate::routes::RouteTable;
 
 struct SecuritySchemes;
@@ -92,11 +92,27 @@ where
         .service(auth::authenticator_confirm)
         .service(auth::email_send)
         .service(auth::verify)
+        .service(auth::skip)
         .service(auth::recovery)
         .service(auth::reset)
         .service(me::get_me)
         .service(me::patch_me)
         .service(me::change_password)
+        .service(two_factor::overview)
+        .service(two_factor::step_up_email)
+        .service(two_factor::step_up)
+        .service(two_factor::add_authenticator)
+        .service(two_factor::confirm_authenticator)
+        .service(two_factor::add_email)
+        .service(two_factor::confirm_email)
+        .service(two_factor::preferred)
+        .service(two_factor::remove_authenticator)
+        .service(two_factor::remove_email)
+        .service(two_factor::generate_recovery_codes)
+        .service(two_factor::delete_recovery_codes)
+        .service(two_factor::devices)
+        .service(two_factor::revoke_devices)
+        .service(two_factor::revoke_device)
         .service(settings::get_settings)
         .service(settings::enable)
         .service(settings::enable_confirm)
@@ -108,6 +124,8 @@ where
         .service(agents::create)
         .service(agents::update)
         .service(agents::remove)
+        .service(agents::reset_2fa)
+        .service(agents::revoke_devices)
         .service(recovery::list)
         .service(recovery::approve)
         .service(recovery::dismiss)

@@ -125,6 +125,8 @@ pub enum TokenPurpose {
     Challenge,
     /// An admin's emailed reset link.
     Reset,
+    /// A trusted device's `device_token` (DESIGN.md 5.4).
+    Device,
 }
 
 impl TokenPurpose {
@@ -133,6 +135,7 @@ impl TokenPurpose {
             TokenPurpose::Session => b"session",
             TokenPurpose::Challenge => b"challenge",
             TokenPurpose::Reset => b"reset",
+            TokenPurpose::Device => b"device",
         }
     }
 }
@@ -157,6 +160,13 @@ impl Keys {
     /// equal codes sent twice hash differently.
     pub fn code_hash(&self, code_id: &str, code: &str) -> [u8; 32] {
         hmac(self.mac_key.as_slice(), &[b"email-code", code_id.as_bytes(), code.as_bytes()])
+    }
+
+    /// The keyed hash under which a recovery code of `user` is stored, of its normalised form
+    /// ([`crate::recovery_code::normalize`]); bound to the user, so that the store can look a
+    /// typed code up directly.
+    pub fn recovery_code_hash(&self, user: &str, code: &str) -> [u8; 32] {
+        hmac(self.mac_key.as_slice(), &[b"recovery-code", user.as_bytes(), code.as_bytes()])
     }
 
     /// A keyed hash of an arbitrary label (e.g. an unknown sign-in address for its failure

@@ -67,6 +67,10 @@ id_type!(
     AuditEventId,
     /// One email delivery (a queued job's idempotency key).
     DeliveryId,
+    /// One recovery code of a user's set (DESIGN.md 5.2).
+    RecoveryCodeId,
+    /// A trusted device (DESIGN.md 5.4).
+    TrustedDeviceId,
 );
 
 #[cfg(test)]

@@ -16,9 +16,11 @@ pub mod metrics;
 pub mod names;
 pub mod otp;
 pub mod password;
+pub mod recovery_code;
 pub mod role;
 pub mod settings;
 pub mod totp;
+pub mod trust;
 
 pub use audit::AuditKind;
 pub use clock::{Clock, ManualClock, SystemClock};

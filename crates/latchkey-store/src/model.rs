@@ -104,6 +104,10 @@ pub struct User {
     pub lockout: OtpLockout,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// The first time the user was asked to enroll (the start of his grace period, DESIGN.md 5.5).
+    pub enroll_asked_at: Option<DateTime<Utc>>,
+    /// Whether `preferred` is the user's own choice (then verifications do not change it).
+    pub preferred_chosen: bool,
 }
 
 /// An enrolled second-factor method of a user.
@@ -119,6 +123,8 @@ pub struct Enrollment {
     pub last_step: Option<i64>,
     /// Enrollment time.
     pub created_at: DateTime<Utc>,
+    /// When the method last verified a sign-in or step-up.
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for Enrollment {
@@ -155,6 +161,11 @@ pub enum ChallengePurpose {
     SignIn,
     /// An admin turning 2FA on (`setup_token`), bound to the admin's session.
     Enable,
+    /// A signed-in user adding or replacing a method (`setup_token`), bound to the session
+    /// (DESIGN.md 5.3).
+    Setup,
+    /// A signed-in user's step-up by email or passkey, bound to the session (DESIGN.md 5.3).
+    StepUp,
 }
 
 impl ChallengePurpose {
@@ -163,6 +174,8 @@ impl ChallengePurpose {
         match self {
             ChallengePurpose::SignIn => "sign_in",
             ChallengePurpose::Enable => "enable",
+            ChallengePurpose::Setup => "setup",
+            ChallengePurpose::StepUp => "step_up",
         }
     }
 }
@@ -173,6 +186,8 @@ impl FromStr for ChallengePurpose {
         match s {
             "sign_in" => Ok(Self::SignIn),
             "enable" => Ok(Self::Enable),
+            "setup" => Ok(Self::Setup),
+            "step_up" => Ok(Self::StepUp),
             _ => Err(()),
         }
     }
@@ -374,4 +389,44 @@ pub struct AuditEvent {
     pub user_agent: Option<String>,
     /// Kind-specific details (never a code, token or password).
     pub detail: serde_json::Value,
+}
+
+/// A user's set of recovery codes, as far as it can be shown (the codes are stored only as
+/// keyed hashes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryCodeSet {
+    /// Codes not used yet.
+    pub remaining: u32,
+    /// When the set was generated.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A trusted device (its token is stored only as a keyed hash, DESIGN.md 5.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedDevice {
+    /// Id.
+    pub id: latchkey_core::TrustedDeviceId,
+    /// The tenant.
+    pub tenant_id: TenantId,
+    /// The user.
+    pub user_id: UserId,
+    /// When it was remembered.
+    pub created_at: DateTime<Utc>,
+    /// When it last signed the user in.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// When it stops being honoured.
+    pub expires_at: DateTime<Utc>,
+    /// When it was revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// The user agent that asked to remember it.
+    pub user_agent: Option<String>,
+    /// The client IP that asked to remember it.
+    pub ip: Option<String>,
+}
+
+impl TrustedDevice {
+    /// Whether the device is honoured at `now`: not revoked, not expired.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at > now
+    }
 }

@@ -30,6 +30,8 @@ diesel::table! {
         otp_blocked_until -> Nullable<BigInt>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        enroll_asked_at -> Nullable<BigInt>,
+        preferred_chosen -> Bool,
     }
 }
 
@@ -50,6 +52,7 @@ diesel::table! {
         secret_sealed -> Nullable<Binary>,
         last_step -> Nullable<BigInt>,
         created_at -> BigInt,
+        last_used_at -> Nullable<BigInt>,
     }
 }
 
@@ -148,6 +151,32 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    recovery_codes (id) {
+        id -> Text,
+        tenant_id -> Text,
+        user_id -> Text,
+        code_hash -> Binary,
+        created_at -> BigInt,
+        used_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    trusted_devices (id) {
+        id -> Text,
+        token_hash -> Binary,
+        tenant_id -> Text,
+        user_id -> Text,
+        created_at -> BigInt,
+        last_used_at -> Nullable<BigInt>,
+        expires_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+        user_agent -> Nullable<Text>,
+        ip -> Nullable<Text>,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
 diesel::joinable!(recovery_requests -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -162,4 +191,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     mail_deliveries,
     recovery_requests,
     audit_events,
+    recovery_codes,
+    trusted_devices,
 );

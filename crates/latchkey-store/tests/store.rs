@@ -58,6 +58,8 @@ fn seed(store: &Store) -> (TenantId, UserId) {
         preferred: None,
         lockout: OtpLockout::default(),
         created_at: now(),
+        enroll_asked_at: None,
+        preferred_chosen: false,
     };
     store
         .run_blocking(|c| {
@@ -105,6 +107,8 @@ fn migrations_are_idempotent_and_constraints_hold() {
             preferred: None,
             lockout: OtpLockout::default(),
             created_at: now(),
+            enroll_asked_at: None,
+            preferred_chosen: false,
         };
         assert!(store.run_blocking(|c| users::insert(c, &dup_user)).unwrap_err().is_conflict());
     }
@@ -169,11 +173,12 @@ fn the_last_totp_step_only_moves_forward() {
             secret_sealed: Some(vec![1, 2, 3]),
             last_step: Some(100),
             created_at: now(),
+            last_used_at: None,
         };
         store.run_blocking(|c| enrollments::upsert(c, tenant, &en)).unwrap();
-        assert!(!store.run_blocking(|c| enrollments::advance_last_step(c, user, 100)).unwrap());
-        assert!(!store.run_blocking(|c| enrollments::advance_last_step(c, user, 99)).unwrap());
-        assert!(store.run_blocking(|c| enrollments::advance_last_step(c, user, 101)).unwrap());
+        assert!(!store.run_blocking(|c| enrollments::advance_last_step(c, user, 100, now())).unwrap());
+        assert!(!store.run_blocking(|c| enrollments::advance_last_step(c, user, 99, now())).unwrap());
+        assert!(store.run_blocking(|c| enrollments::advance_last_step(c, user, 101, now())).unwrap());
         let stored = store.run_blocking(|c| enrollments::for_user(c, user)).unwrap();
         assert_eq!(stored[0].last_step, Some(101));
         assert_eq!(stored[0].secret_sealed.as_deref(), Some(&[1u8, 2, 3][..]));
@@ -279,6 +284,7 @@ mod totp {
             secret_sealed: Some(vec![1]),
             last_step: Some(last_step),
             created_at: now(),
+            last_used_at: None,
         };
         store.run_blocking(|c| enrollments::upsert(c, tenant, &en)).unwrap();
     }

@@ -99,6 +99,14 @@ pub enum Error {
     /// Unknown, expired, used or foreign setup token (401 `invalid_setup_token`).
     #[error("the setup token is unknown, expired or not yours")]
     InvalidSetupToken,
+    /// Removing it would leave the user of a 2FA tenant without a method his role allows
+    /// (409 `last_method`, DESIGN.md 5.3).
+    #[error("this is your last method; add another one first")]
+    LastMethod,
+    /// A method must be enrolled first: skipping outside a grace period or as an admin, or
+    /// recovery codes without an enrolled method (403 `enrollment_required`, DESIGN.md 5.5).
+    #[error("set up a second factor first")]
+    EnrollmentRequired,
     /// Agents and supervisors cannot change their own email (403).
     #[error("only an admin can change this email address")]
     EmailChangeForbidden,
@@ -153,6 +161,8 @@ impl Error {
             Error::RequestNotPending => "request_not_pending",
             Error::InvalidSetupToken => "invalid_setup_token",
             Error::EmailChangeForbidden => "email_change_forbidden",
+            Error::LastMethod => "last_method",
+            Error::EnrollmentRequired => "enrollment_required",
             Error::QueueUnavailable | Error::StoreUnavailable => "unavailable",
             Error::Internal(_) => "internal",
         }

@@ -113,3 +113,41 @@ pub async fn remove(st: web::Data<AppState>, authed: Authed, id: web::Path<Strin
     st.service.delete_user(&authed.ctx, &authed.auth, user_id(&id)?).await?;
     Ok(HttpResponse::NoContent().finish())
 }
+
+/// Resets a user's second factor directly (DESIGN.md 5.8): enrollments, recovery codes,
+/// counters and blocks, sessions, challenges and trusted devices go, as with an approved
+/// recovery request. Needs a recent second factor; never on oneself.
+#[utoipa::path(
+    tag = "agents",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "The user, with nothing enrolled", body = UserDto),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden` (also oneself), `step_up_required`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/api/v1/agents/{id}/reset-2fa")]
+pub async fn reset_2fa(st: web::Data<AppState>, authed: Authed, id: web::Path<String>) -> ApiResult<HttpResponse> {
+    let user = st.service.admin_reset(&authed.ctx, &authed.auth, user_id(&id)?).await?;
+    Ok(json(StatusCode::OK, &UserDto::from(&user)))
+}
+
+/// Revokes every trusted device of a user.
+#[utoipa::path(
+    tag = "agents",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "`unauthenticated`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[delete("/api/v1/agents/{id}/trusted-devices")]
+pub async fn revoke_devices(st: web::Data<AppState>, authed: Authed, id: web::Path<String>) -> ApiResult<HttpResponse> {
+    st.service.revoke_user_devices(&authed.ctx, &authed.auth, user_id(&id)?).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -8,9 +8,9 @@ use latchkey_tenant::{RecoveryStarted, SignIn};
 use super::{code_shape, json};
 use crate::dto::{
     AuthenticatorSetup, ChallengeRequest, ConfirmRequest, ConfirmResponse, EmailSentResponse, RecoveryResponse,
-    ResetRequest, ResetResponse, SessionResponse, SignInRequest, SignInResponse, VerifyRequest,
+    ResetRequest, ResetResponse, SessionResponse, SignInRequest, SignInResponse, VerifyMethod, VerifyRequest,
 };
-use crate::error::{ApiResult, Problem};
+use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Authed, Ctx};
 use crate::state::AppState;
 
@@ -29,19 +29,22 @@ use crate::state::AppState;
 )]
 #[post("/api/v1/auth")]
 pub async fn sign_in(st: web::Data<AppState>, ctx: Ctx, body: web::Json<SignInRequest>) -> ApiResult<HttpResponse> {
-    let outcome = st.service.sign_in(&ctx.0, &body.tenant, &body.email, &body.password).await?;
+    let outcome =
+        st.service.sign_in(&ctx.0, &body.tenant, &body.email, &body.password, body.device_token.as_deref()).await?;
     let res = match outcome {
         SignIn::Session(s) => SignInResponse {
             authentication_token: Some(s.token.expose().to_owned()),
             expires_at: Some(s.expires_at),
             user: (&s.user).into(),
             two_factor: None,
+            trusted_device: s.trusted_device,
         },
         SignIn::Challenge { user, challenge } => SignInResponse {
             authentication_token: None,
             expires_at: None,
             user: (&user).into(),
             two_factor: Some((&challenge).into()),
+            trusted_device: false,
         },
     };
     Ok(json(StatusCode::OK, &res))
@@ -139,15 +142,7 @@ pub async fn email_send(
     body: web::Json<ChallengeRequest>,
 ) -> ApiResult<HttpResponse> {
     let sent = st.service.email_send(&ctx.0, &body.challenge_token).await?;
-    Ok(json(
-        StatusCode::ACCEPTED,
-        &EmailSentResponse {
-            email_masked: sent.email_masked,
-            expires_at: sent.expires_at,
-            resend_available_at: sent.resend_available_at,
-            sends_remaining: sent.sends_remaining,
-        },
-    ))
+    Ok(json(StatusCode::ACCEPTED, &EmailSentResponse::from(&sent)))
 }
 
 /// Verifies a code and signs in.
@@ -158,24 +153,45 @@ pub async fn email_send(
         (status = 200, description = "Signed in", body = SessionResponse),
         (status = 400, description = "`invalid_request` (not counted as an attempt)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "`invalid_challenge`, `invalid_code` (with `attempts_remaining`; `retry_after_seconds` when it starts a block)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "`method_not_allowed`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`method_not_allowed` (also `recovery_code` on a challenge whose `recovery_code` is false)", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "`code_expired`: past its lifetime or replaced by a newer code", body = Problem, content_type = "application/problem+json"),
         (status = 423, description = "`otp_blocked`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[post("/api/v1/auth/2fa/verify")]
 pub async fn verify(st: web::Data<AppState>, ctx: Ctx, body: web::Json<VerifyRequest>) -> ApiResult<HttpResponse> {
-    let code = code_shape(&body.code)?;
-    let method: Method = body.method;
-    let s = st.service.verify(&ctx.0, &body.challenge_token, method, code).await?;
-    Ok(json(
-        StatusCode::OK,
-        &SessionResponse {
-            authentication_token: s.token.expose().to_owned(),
-            expires_at: s.expires_at,
-            user: (&s.user).into(),
-        },
-    ))
+    let code = body.code.as_deref().ok_or_else(|| ApiError::InvalidRequest("code is required".into()))?;
+    let remember = body.remember_device;
+    let s = match body.method {
+        VerifyMethod::RecoveryCode => {
+            let code = latchkey_core::recovery_code::normalize(code).ok_or_else(|| {
+                ApiError::InvalidRequest("a recovery code is 10 letters and digits, as xxxxx-xxxxx".into())
+            })?;
+            st.service.verify_recovery_code(&ctx.0, &body.challenge_token, &code, remember).await?
+        }
+        VerifyMethod::Authenticator | VerifyMethod::Email => {
+            let method = if body.method == VerifyMethod::Email { Method::Email } else { Method::Authenticator };
+            st.service.verify(&ctx.0, &body.challenge_token, method, code_shape(code)?, remember).await?
+        }
+    };
+    Ok(json(StatusCode::OK, &SessionResponse::from(&s)))
+}
+
+/// Skips enrollment in a grace period (DESIGN.md 5.5): a session without a second factor
+/// until `enroll_by`, never satisfying step-up.
+#[utoipa::path(
+    tag = "second factor",
+    request_body = ChallengeRequest,
+    responses(
+        (status = 200, description = "Signed in without a second factor", body = SessionResponse),
+        (status = 401, description = "`invalid_challenge`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`enrollment_required`: no grace period, past it, or an admin", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/api/v1/auth/2fa/skip")]
+pub async fn skip(st: web::Data<AppState>, ctx: Ctx, body: web::Json<ChallengeRequest>) -> ApiResult<HttpResponse> {
+    let s = st.service.skip_enrollment(&ctx.0, &body.challenge_token).await?;
+    Ok(json(StatusCode::OK, &SessionResponse::from(&s)))
 }
 
 /// "Need recovery": a pending admin request (agents, supervisors) or an emailed reset link

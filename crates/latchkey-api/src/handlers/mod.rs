@@ -10,6 +10,7 @@ pub mod ops;
 pub mod recovery;
 pub mod reset_page;
 pub mod settings;
+pub mod two_factor;
 
 use actix_web::HttpResponse;
 use actix_web::http::header;

@@ -83,6 +83,8 @@ impl World {
                         preferred: None,
                         lockout: Default::default(),
                         created_at: now,
+                        enroll_asked_at: None,
+                        preferred_chosen: false,
                     },
                 )
             })

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use latchkey_core::{ChallengeId, MethodSet, TenantId, UserId};
+use latchkey_core::{ChallengeId, MethodSet, SessionId, TenantId, UserId};
 
 use super::users::Row as UserRow;
 use crate::DbConn;
@@ -150,4 +150,24 @@ pub fn end_for_tenant(
 /// Deletes challenges that expired before `before` (housekeeping).
 pub fn purge_expired(conn: &mut DbConn, before: DateTime<Utc>) -> StoreResult<usize> {
     Ok(diesel::delete(c::table.filter(c::expires_at.le(ms(before)))).execute(conn)?)
+}
+
+/// The newest open challenge of `purpose` bound to `session` (a step-up in progress).
+pub fn open_for_session(
+    conn: &mut DbConn,
+    session: SessionId,
+    purpose: ChallengePurpose,
+    now: DateTime<Utc>,
+) -> StoreResult<Option<Challenge>> {
+    c::table
+        .filter(c::session_id.eq(session.to_string()))
+        .filter(c::purpose.eq(purpose.as_str()))
+        .filter(c::ended_at.is_null())
+        .filter(c::expires_at.gt(ms(now)))
+        .order(c::id.desc())
+        .select(Row::as_select())
+        .first(conn)
+        .optional()?
+        .map(Row::into_challenge)
+        .transpose()
 }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::upsert::excluded;
 use latchkey_core::{Method, MethodSet, TenantId, UserId};
@@ -20,6 +21,7 @@ struct Row {
     secret_sealed: Option<Vec<u8>>,
     last_step: Option<i64>,
     created_at: i64,
+    last_used_at: Option<i64>,
 }
 
 impl Row {
@@ -30,6 +32,7 @@ impl Row {
             secret_sealed: self.secret_sealed,
             last_step: self.last_step,
             created_at: at(self.created_at)?,
+            last_used_at: crate::model::at_opt(self.last_used_at)?,
         })
     }
 }
@@ -72,6 +75,7 @@ pub fn upsert(conn: &mut DbConn, tenant: TenantId, en: &Enrollment) -> StoreResu
         secret_sealed: en.secret_sealed.clone(),
         last_step: en.last_step,
         created_at: ms(en.created_at),
+        last_used_at: en.last_used_at.map(ms),
     };
     per_backend!(conn, c => diesel::insert_into(e::table)
         .values(&row)
@@ -87,17 +91,32 @@ pub fn upsert(conn: &mut DbConn, tenant: TenantId, en: &Enrollment) -> StoreResu
 }
 
 /// Records the last accepted TOTP step, only if it moves forward (the atomic conditional
-/// update behind replay protection). Returns whether it moved.
-pub fn advance_last_step(conn: &mut DbConn, user: UserId, step: i64) -> StoreResult<bool> {
+/// update behind replay protection), and when the method was used. Returns whether it moved.
+pub fn advance_last_step(conn: &mut DbConn, user: UserId, step: i64, now: DateTime<Utc>) -> StoreResult<bool> {
     let n = diesel::update(
         e::table
             .filter(e::user_id.eq(user.to_string()))
             .filter(e::method.eq(Method::Authenticator.as_str()))
             .filter(e::last_step.is_null().or(e::last_step.lt(step))),
     )
-    .set(e::last_step.eq(step))
+    .set((e::last_step.eq(step), e::last_used_at.eq(ms(now))))
     .execute(conn)?;
     Ok(n == 1)
+}
+
+/// Records that `user`'s `method` verified at `now`.
+pub fn mark_used(conn: &mut DbConn, user: UserId, method: Method, now: DateTime<Utc>) -> StoreResult<()> {
+    diesel::update(e::table.filter(e::user_id.eq(user.to_string())).filter(e::method.eq(method.as_str())))
+        .set(e::last_used_at.eq(ms(now)))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Removes `user`'s enrollment of `method`; returns whether there was one.
+pub fn delete(conn: &mut DbConn, user: UserId, method: Method) -> StoreResult<bool> {
+    let n = diesel::delete(e::table.filter(e::user_id.eq(user.to_string())).filter(e::method.eq(method.as_str())))
+        .execute(conn)?;
+    Ok(n > 0)
 }
 
 /// Removes every enrollment of `user` (recovery, reset).

@@ -8,11 +8,13 @@ pub mod email_codes;
 pub mod enrollments;
 pub mod locks;
 pub mod recovery;
+pub mod recovery_codes;
 pub mod reset_tokens;
 pub mod sessions;
 pub mod signin;
 pub mod tenants;
 pub mod totp_sign_in;
+pub mod trusted_devices;
 pub mod users;
 
 /// A page of a list: at most `limit` items after the `after` cursor (an id).

@@ -82,7 +82,7 @@ const SQL_BODY: &str = "
       AND c.purpose = 'sign_in' AND c.ended_at IS NULL AND c.expires_at > (SELECT now FROM p)
     FOR UPDATE
 ), advanced AS (
-    UPDATE enrollments e SET last_step = p.step FROM p
+    UPDATE enrollments e SET last_step = p.step, last_used_at = p.now FROM p
     WHERE e.user_id = (SELECT id FROM locked_user) AND e.method = p.method
       AND (e.last_step IS NULL OR e.last_step < p.step)
       AND EXISTS (SELECT 1 FROM locked_challenge)
@@ -91,7 +91,8 @@ const SQL_BODY: &str = "
     UPDATE challenges c SET ended_at = p.now, pending_secret = NULL FROM p
     WHERE c.id = p.challenge_id AND EXISTS (SELECT 1 FROM advanced)
 ), verified AS (
-    UPDATE users u SET otp_failures = 0, otp_blocked_until = NULL, preferred_method = p.method FROM p
+    UPDATE users u SET otp_failures = 0, otp_blocked_until = NULL,
+        preferred_method = CASE WHEN u.preferred_chosen THEN u.preferred_method ELSE p.method END FROM p
     WHERE u.id = p.user_id AND EXISTS (SELECT 1 FROM advanced)
 ), session AS (
     INSERT INTO sessions (id, token_hash, tenant_id, user_id, created_at, expires_at, second_factor_at)

@@ -25,6 +25,8 @@ pub(crate) struct Row {
     otp_blocked_until: Option<i64>,
     created_at: i64,
     updated_at: i64,
+    enroll_asked_at: Option<i64>,
+    preferred_chosen: bool,
 }
 
 impl Row {
@@ -42,6 +44,8 @@ impl Row {
                 blocked_until: at_opt(self.otp_blocked_until)?,
             },
             created_at: at(self.created_at)?,
+            enroll_asked_at: at_opt(self.enroll_asked_at)?,
+            preferred_chosen: self.preferred_chosen,
         })
     }
 }
@@ -60,6 +64,8 @@ pub fn insert(conn: &mut DbConn, u: &User) -> StoreResult<()> {
         otp_blocked_until: None,
         created_at: ms(u.created_at),
         updated_at: ms(u.created_at),
+        enroll_asked_at: u.enroll_asked_at.map(ms),
+        preferred_chosen: u.preferred_chosen,
     };
     diesel::insert_into(users::table).values(&row).execute(conn)?;
     Ok(())
@@ -141,17 +147,36 @@ pub fn lock_and_get(conn: &mut DbConn, tenant: TenantId, id: UserId) -> StoreRes
     }
 }
 
-/// After a verified code: clears the wrong-code counter and block and records the method, in
-/// one statement.
+/// After a verified code: clears the wrong-code counter and block and records the method as
+/// preferred unless the user chose his preferred method himself, in one statement.
 pub fn set_verified(conn: &mut DbConn, id: UserId, method: Method) -> StoreResult<()> {
     diesel::update(users::table.find(id.to_string()))
-        .set((
-            users::otp_failures.eq(0),
-            users::otp_blocked_until.eq(None::<i64>),
-            users::preferred_method.eq(Some(method.as_str())),
-        ))
+        .set((users::otp_failures.eq(0), users::otp_blocked_until.eq(None::<i64>)))
+        .execute(conn)?;
+    diesel::update(users::table.find(id.to_string()).filter(users::preferred_chosen.eq(false)))
+        .set(users::preferred_method.eq(Some(method.as_str())))
         .execute(conn)?;
     Ok(())
+}
+
+/// The user's own choice of preferred method (`PUT /api/v1/me/two-factor/preferred`); kept by
+/// later verifications with other methods.
+pub fn choose_preferred(conn: &mut DbConn, id: UserId, method: Method) -> StoreResult<()> {
+    diesel::update(users::table.find(id.to_string()))
+        .set((users::preferred_method.eq(Some(method.as_str())), users::preferred_chosen.eq(true)))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Records the first time the user was asked to enroll (the start of his grace period), unless
+/// it is already recorded; returns the recorded instant.
+pub fn mark_enroll_asked(conn: &mut DbConn, id: UserId, now: DateTime<Utc>) -> StoreResult<Option<DateTime<Utc>>> {
+    diesel::update(users::table.find(id.to_string()).filter(users::enroll_asked_at.is_null()))
+        .set(users::enroll_asked_at.eq(ms(now)))
+        .execute(conn)?;
+    let asked: Option<Option<i64>> =
+        users::table.find(id.to_string()).select(users::enroll_asked_at).first(conn).optional()?;
+    at_opt(asked.flatten())
 }
 
 /// Takes the tenant-wide lock (the tenant row) for changes that count users, such as the
@@ -175,11 +200,21 @@ pub fn set_lockout(conn: &mut DbConn, id: UserId, lockout: OtpLockout) -> StoreR
     Ok(())
 }
 
-/// Records the method the user last verified with.
+/// Records the method the user last verified with (`None` after a reset, which also forgets
+/// his own choice and when he was first asked to enroll).
 pub fn set_preferred(conn: &mut DbConn, id: UserId, method: Option<Method>) -> StoreResult<()> {
-    diesel::update(users::table.find(id.to_string()))
+    diesel::update(users::table.find(id.to_string()).filter(users::preferred_chosen.eq(false)))
         .set(users::preferred_method.eq(method.map(|m| m.as_str().to_owned())))
         .execute(conn)?;
+    if method.is_none() {
+        diesel::update(users::table.find(id.to_string()))
+            .set((
+                users::preferred_method.eq(None::<String>),
+                users::preferred_chosen.eq(false),
+                users::enroll_asked_at.eq(None::<i64>),
+            ))
+            .execute(conn)?;
+    }
     Ok(())
 }
 

@@ -100,6 +100,8 @@ impl Service {
             preferred: None,
             lockout: Default::default(),
             created_at: now,
+            enroll_asked_at: None,
+            preferred_chosen: false,
         };
         let ctx = ctx.clone();
         let (t, u) = (tenant.clone(), user.clone());
@@ -145,6 +147,7 @@ impl Service {
         challenges::end_for_user(conn, target.id, None, now)?;
         email_codes::void_for_user(conn, target.id, now)?;
         reset_tokens::void_for_user(conn, target.id, now)?;
+        Service::revoke_devices(conn, ctx, target, "email_changed")?;
         let detail =
             json!({"from": latchkey_core::email::mask(&target.email), "to": latchkey_core::email::mask(email)});
         Service::audit(
@@ -226,6 +229,7 @@ impl Service {
                 sessions::delete_for_user(c, user.id, Some(keep))?;
                 challenges::end_for_user(c, user.id, None, ctx.now)?;
                 email_codes::void_for_user(c, user.id, ctx.now)?;
+                Service::revoke_devices(c, &ctx, &user, "password_changed")?;
                 Service::audit(
                     c,
                     &ctx,
@@ -279,6 +283,8 @@ impl Service {
             preferred: None,
             lockout: Default::default(),
             created_at: ctx.now,
+            enroll_asked_at: None,
+            preferred_chosen: false,
         };
         let ctx = ctx.clone();
         let actor = auth.user.id.to_string();
@@ -353,6 +359,7 @@ impl Service {
                     email_codes::void_for_user(c, target.id, ctx.now)?;
                     reset_tokens::void_for_user(c, target.id, ctx.now)?;
                     recovery::dismiss_pending_for_user(c, target.id, actor, ctx.now)?;
+                    Service::revoke_devices(c, &ctx, &target, "role_changed")?;
                     let detail = json!({"from": target.role, "to": role});
                     Service::audit(
                         c,

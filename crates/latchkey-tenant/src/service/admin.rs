@@ -69,13 +69,15 @@ impl Service {
                 let Some(request) = recovery::by_id(c, tenant, id)? else {
                     return Ok(Err(Error::NotFound));
                 };
-                users::lock(c, request.user_id)?;
+                let Some(user) = users::lock_and_get(c, tenant, request.user_id)? else {
+                    return Ok(Err(Error::NotFound));
+                };
                 let status = if approve { RecoveryStatus::Approved } else { RecoveryStatus::Dismissed };
                 if !recovery::decide(c, id, status, admin, ctx.now)? {
                     return Ok(Err(Error::RequestNotPending));
                 }
                 let kind = if approve {
-                    Service::reset_second_factor(c, request.user_id, ctx.now)?;
+                    Service::reset_second_factor(c, &ctx, &user)?;
                     AuditKind::RecoveryApproved
                 } else {
                     AuditKind::RecoveryDismissed
@@ -124,8 +126,10 @@ impl Service {
                 let Some(target) = users::by_id(c, tenant.id, user)? else {
                     return Ok(Err(Error::NotFound));
                 };
-                users::lock(c, target.id)?;
-                Service::reset_second_factor(c, target.id, ctx.now)?;
+                let Some(target) = users::lock_and_get(c, tenant.id, target.id)? else {
+                    return Ok(Err(Error::NotFound));
+                };
+                Service::reset_second_factor(c, &ctx, &target)?;
                 Service::audit(
                     c,
                     &ctx,
@@ -133,6 +137,43 @@ impl Service {
                     Some("operator".into()),
                     Some(target.id),
                     AuditKind::OperatorReset,
+                    json!({}),
+                )?;
+                Ok(Ok(svc.user_view(c, &target)?))
+            })
+            .await?
+    }
+}
+
+impl Service {
+    /// `POST /api/v1/agents/{id}/reset-2fa` (admin, a recent second factor while 2FA is on,
+    /// never on oneself): resets the user's second factor with the effects of a recovery
+    /// approval (DESIGN.md 5.8); audited `admin_reset`.
+    ///
+    /// Errors: `Forbidden` (not an admin, or oneself), `StepUpRequired`, `NotFound` (also
+    /// another tenant's user).
+    pub async fn admin_reset(&self, ctx: &RequestCtx, auth: &Auth, id: UserId) -> Result<UserView> {
+        Service::require_admin(auth)?;
+        if id == auth.user.id {
+            return Err(Error::Forbidden);
+        }
+        self.require_step_up(auth, ctx.now)?;
+        let svc = self.clone();
+        let ctx = ctx.clone();
+        let (tenant, admin) = (auth.tenant.id, auth.user.id);
+        self.store
+            .write(move |c| {
+                let Some(target) = users::lock_and_get(c, tenant, id)? else {
+                    return Ok(Err(Error::NotFound));
+                };
+                Service::reset_second_factor(c, &ctx, &target)?;
+                Service::audit(
+                    c,
+                    &ctx,
+                    tenant,
+                    Some(admin.to_string()),
+                    Some(target.id),
+                    AuditKind::AdminReset,
                     json!({}),
                 )?;
                 Ok(Ok(svc.user_view(c, &target)?))
@@ -154,12 +195,15 @@ pub struct Purged {
     pub deliveries: usize,
     /// Password attempt logs with no attempt left in the window.
     pub signin_attempts: usize,
+    /// Trusted devices expired for longer than a day.
+    pub trusted_devices: usize,
 }
 
 impl Service {
     /// Deletes rows nothing can use any more: expired sessions, long-expired challenges,
     /// email codes that have left both their lifetime and the send window, old finished
-    /// deliveries, password attempt logs whose attempts have all left the window. Safe to run from every process at any time.
+    /// deliveries, password attempt logs whose attempts have all left the window, long-expired
+    /// trusted devices. Safe to run from every process at any time.
     pub async fn purge(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Purged> {
         let keep_codes = self.limits.email_otp_window.max(self.limits.email_otp_ttl).max(self.limits.email_otp_resend);
         let day = chrono::Duration::days(1);
@@ -167,13 +211,14 @@ impl Service {
         Ok(self
             .store
             .run(move |c| {
-                use latchkey_store::repo::{challenges, deliveries, email_codes, sessions, signin};
+                use latchkey_store::repo::{challenges, deliveries, email_codes, sessions, signin, trusted_devices};
                 Ok(Purged {
                     sessions: sessions::purge_expired(c, now)?,
                     challenges: challenges::purge_expired(c, now - day)?,
                     email_codes: email_codes::purge_before(c, now - keep_codes)?,
                     deliveries: deliveries::purge_before(c, now - day)?,
                     signin_attempts: signin::purge_before(c, now - window)?,
+                    trusted_devices: trusted_devices::purge_expired(c, now - day)?,
                 })
             })
             .await?)

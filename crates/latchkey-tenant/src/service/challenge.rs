@@ -70,28 +70,30 @@ impl Service {
     }
 
     /// `OtpBlocked` if the user is blocked at `now` (counted in metrics, not as a failure).
-    pub(super) fn blocked(&self, user: &User, method: Method, now: DateTime<Utc>) -> Option<Error> {
+    /// `factor` is the method's wire name, or `recovery_code`.
+    pub(super) fn blocked(&self, user: &User, factor: &'static str, now: DateTime<Utc>) -> Option<Error> {
         let until = user.lockout.blocked(now)?;
-        self.metrics.otp_verifications.with_label_values(&[method.as_str(), "blocked"]).inc();
+        self.metrics.otp_verifications.with_label_values(&[factor, "blocked"]).inc();
         Some(Error::OtpBlocked { retry_after: seconds_until(until, now) })
     }
 
     /// Counts a refused code: the lockout moves, the audit log and metrics record it, and the
     /// answer is built (`invalid_code` with `attempts_remaining`, or `code_expired`; the code
-    /// that reaches the limit answers `invalid_code` with 0 and `retry_after`).
+    /// that reaches the limit answers `invalid_code` with 0 and `retry_after`). `factor` is the
+    /// method's wire name, or `recovery_code`.
     pub(super) fn on_failure(
         &self,
         conn: &mut DbConn,
         ctx: &RequestCtx,
         user: &User,
-        method: Method,
+        factor: &'static str,
         expired: bool,
     ) -> StoreResult<Error> {
         let now = ctx.now;
         let (lockout, failure) = user.lockout.fail(now, &self.limits);
         users::set_lockout(conn, user.id, lockout)?;
         let outcome = if expired { "expired" } else { "invalid" };
-        self.metrics.otp_verifications.with_label_values(&[method.as_str(), outcome]).inc();
+        self.metrics.otp_verifications.with_label_values(&[factor, outcome]).inc();
         let who = Some(user.id.to_string());
         Service::audit(
             conn,
@@ -100,7 +102,7 @@ impl Service {
             who.clone(),
             Some(user.id),
             AuditKind::VerifyFailed,
-            json!({"method": method, "reason": outcome}),
+            json!({"method": factor, "reason": outcome}),
         )?;
         if let Some(until) = failure.blocked_until {
             self.metrics.otp_blocks.inc();
@@ -123,8 +125,8 @@ impl Service {
     }
 
     /// A replayed TOTP step: refused with the attempts left, not counted.
-    pub(super) fn on_replay(&self, user: &User, method: Method, now: DateTime<Utc>) -> Error {
-        self.metrics.otp_verifications.with_label_values(&[method.as_str(), "replayed"]).inc();
+    pub(super) fn on_replay(&self, user: &User, factor: &'static str, now: DateTime<Utc>) -> Error {
+        self.metrics.otp_verifications.with_label_values(&[factor, "replayed"]).inc();
         let failures = user.lockout.at(now).failures;
         Error::InvalidCode {
             attempts_remaining: self.limits.otp_max_failures.saturating_sub(failures),

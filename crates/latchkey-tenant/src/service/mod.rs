@@ -4,13 +4,17 @@
 mod account;
 mod admin;
 mod challenge;
+mod devices;
 mod email_code;
 mod enroll;
 mod factor;
 mod recovery;
+mod recovery_code_flow;
 mod reset_link;
+mod self_service;
 mod settings;
 mod signin;
+mod step_up;
 mod verify;
 
 use std::sync::Arc;
@@ -27,7 +31,8 @@ use latchkey_core::{
 };
 use latchkey_store::model::{AuditEvent, Challenge, ChallengePurpose, NextAction, Session, Tenant, User};
 use latchkey_store::repo::{
-    challenges, email_codes, enrollments, reset_tokens, sessions, signin as signin_repo, users,
+    challenges, email_codes, enrollments, recovery_codes, reset_tokens, sessions, signin as signin_repo,
+    trusted_devices, users,
 };
 use latchkey_store::{DbConn, Store, StoreResult};
 use serde_json::Value;
@@ -38,8 +43,10 @@ pub use admin::{Purged, RecoveryView};
 pub use email_code::EmailSent;
 pub use factor::TotpSetup;
 pub use recovery::RecoveryStarted;
+pub use recovery_code_flow::{RECOVERY_CODE, RecoveryCodes};
+pub use self_service::{MethodSetup, TwoFactorOverview};
 pub use settings::{EnableSetup, MethodChanges, SettingsView};
-pub use signin::{ChallengeView, IssuedSession, SignIn};
+pub use signin::{ChallengeView, IssuedDevice, IssuedSession, SignIn};
 
 use crate::actor::Registry;
 use crate::error::{Error, Result};
@@ -321,9 +328,17 @@ impl Service {
         if !auth.tenant.policy.enabled {
             return Ok(());
         }
-        match auth.session.second_factor_at {
-            Some(at) if at + self.limits.step_up >= now => Ok(()),
-            _ => Err(Error::StepUpRequired),
+        self.require_fresh_factor(auth, now)
+    }
+
+    /// `StepUpRequired` unless the session presented a second factor (at sign-in or by a
+    /// step-up) within `LATCHKEY_STEP_UP_SECS`; a session from a trusted device or a skipped
+    /// enrollment never has (DESIGN.md 5.3).
+    fn require_fresh_factor(&self, auth: &Auth, now: DateTime<Utc>) -> Result<()> {
+        if latchkey_core::trust::is_fresh(auth.session.second_factor_at, now, self.limits.step_up) {
+            Ok(())
+        } else {
+            Err(Error::StepUpRequired)
         }
     }
 
@@ -392,18 +407,32 @@ impl Service {
         Ok((token, challenge))
     }
 
-    /// Resets a user's second factor (recovery approval, reset link, operator): removes
-    /// enrollments, the wrong-code counter and block, ends sessions and challenges, voids
-    /// codes and reset links. The next sign-in enrolls again.
-    fn reset_second_factor(conn: &mut DbConn, user: UserId, now: DateTime<Utc>) -> StoreResult<()> {
-        enrollments::delete_for_user(conn, user)?;
-        users::set_lockout(conn, user, OtpLockout::default())?;
-        users::set_preferred(conn, user, None)?;
-        sessions::delete_for_user(conn, user, None)?;
-        challenges::end_for_user(conn, user, None, now)?;
-        email_codes::void_for_user(conn, user, now)?;
-        reset_tokens::void_for_user(conn, user, now)?;
-        Ok(())
+    /// Resets a user's second factor (recovery approval, reset link, operator or admin
+    /// reset): removes enrollments and recovery codes, the wrong-code counter and block, ends
+    /// sessions and challenges, voids codes and reset links, revokes trusted devices. The next
+    /// sign-in enrolls again.
+    fn reset_second_factor(conn: &mut DbConn, ctx: &RequestCtx, user: &User) -> StoreResult<()> {
+        let now = ctx.now;
+        enrollments::delete_for_user(conn, user.id)?;
+        recovery_codes::delete_for_user(conn, user.id)?;
+        users::set_lockout(conn, user.id, OtpLockout::default())?;
+        users::set_preferred(conn, user.id, None)?;
+        sessions::delete_for_user(conn, user.id, None)?;
+        challenges::end_for_user(conn, user.id, None, now)?;
+        email_codes::void_for_user(conn, user.id, now)?;
+        reset_tokens::void_for_user(conn, user.id, now)?;
+        Service::revoke_devices(conn, ctx, user, "reset")
+    }
+
+    /// Revokes every trusted device of `user` (DESIGN.md 5.4: resets, password, email or role
+    /// changes, factor removals), audited `trusted_device_revoked` when there was one.
+    fn revoke_devices(conn: &mut DbConn, ctx: &RequestCtx, user: &User, reason: &str) -> StoreResult<()> {
+        let n = trusted_devices::revoke_for_user(conn, user.id, ctx.now)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let detail = serde_json::json!({"reason": reason, "count": n});
+        Service::audit(conn, ctx, user.tenant_id, None, Some(user.id), AuditKind::TrustedDeviceRevoked, detail)
     }
 
     /// Appends an audit event (call inside the transaction of the change it records).

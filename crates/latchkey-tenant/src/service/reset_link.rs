@@ -83,12 +83,14 @@ impl Service {
                     return Ok(Err(Error::InvalidToken));
                 };
                 // A link works only while its user is still an admin (DESIGN.md "Accounts").
-                let still_admin =
-                    users::lock_and_get(c, row.tenant_id, row.user_id)?.is_some_and(|u| u.role == Role::Admin);
-                if !still_admin || !reset_tokens::mark_used(c, row.id, now)? {
+                let Some(user) = users::lock_and_get(c, row.tenant_id, row.user_id)?.filter(|u| u.role == Role::Admin)
+                else {
+                    return Ok(Err(Error::InvalidToken));
+                };
+                if !reset_tokens::mark_used(c, row.id, now)? {
                     return Ok(Err(Error::InvalidToken));
                 }
-                Service::reset_second_factor(c, row.user_id, now)?;
+                Service::reset_second_factor(c, &ctx, &user)?;
                 let who = Some(row.user_id.to_string());
                 Service::audit(c, &ctx, row.tenant_id, who, Some(row.user_id), AuditKind::ResetLinkUsed, json!({}))?;
                 Ok(Ok(()))

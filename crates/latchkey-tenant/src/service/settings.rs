@@ -3,9 +3,10 @@
 
 use latchkey_core::settings::{RelyingParty, SettingsChange, TenantSettings};
 use latchkey_core::totp::TotpSecret;
-use latchkey_core::{AuditKind, Method, MethodSet, SecretToken};
+use latchkey_core::{AuditKind, Method, MethodSet, Role, SecretToken, TenantId};
 use latchkey_store::model::{ChallengePurpose, NextAction, Tenant, TwoFactorPolicy};
-use latchkey_store::repo::{challenges, enrollments, sessions, tenants, users};
+use latchkey_store::repo::{challenges, enrollments, sessions, tenants, trusted_devices, users};
+use latchkey_store::{DbConn, StoreResult};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -103,6 +104,11 @@ impl Service {
                     Ok(next) => next,
                     Err(e) => return Ok(Err(Error::InvalidRequest(e.0))),
                 };
+                for role in Role::ALL {
+                    if tenant.settings.remember_device_days.get(role) > 0 && next.remember_device_days.get(role) == 0 {
+                        Service::revoke_tenant_devices(c, &ctx2, tenant_id, Some(role), "remember_device_off")?;
+                    }
+                }
                 tenants::set_settings(c, tenant_id, &next, ctx2.now)?;
                 Service::audit(
                     c,
@@ -210,15 +216,15 @@ impl Service {
                 let Some((user, ch)) = Service::reread(c, &loc, now)? else {
                     return Ok(Err(Error::InvalidSetupToken));
                 };
-                if let Some(e) = svc.blocked(&user, method, now) {
+                if let Some(e) = svc.blocked(&user, method.as_str(), now) {
                     return Ok(Err(e));
                 }
                 let who = Some(user.id.to_string());
-                match svc.check_proof(c, &ch, &user, method, &Proof::Code(&code), now)? {
+                match svc.check_proof(c, Some(&ch), &user, method, &Proof::Code(&code), now)? {
                     Checked::Accepted { enroll, .. } => Service::enroll_accepted(c, &ctx, &user, Some(ch.id), enroll)?,
-                    Checked::Replayed => return Ok(Err(svc.on_replay(&user, method, now))),
+                    Checked::Replayed => return Ok(Err(svc.on_replay(&user, method.as_str(), now))),
                     Checked::Wrong { expired } => {
-                        return Ok(Err(svc.on_failure(c, &ctx, &user, method, expired)?));
+                        return Ok(Err(svc.on_failure(c, &ctx, &user, method.as_str(), expired)?));
                     }
                     Checked::NotEnrolled => return Ok(Err(Error::InvalidSetupToken)),
                 }
@@ -257,6 +263,7 @@ impl Service {
                 users::lock_tenant(c, tenant_id)?;
                 tenants::set_enabled(c, tenant_id, false, ctx2.now)?;
                 challenges::end_for_tenant(c, tenant_id, None, ctx2.now)?;
+                Service::revoke_tenant_devices(c, &ctx2, tenant_id, None, "two_factor_disabled")?;
                 Service::audit(c, &ctx2, tenant_id, actor, None, AuditKind::TwoFactorDisabled, json!({}))
             })
             .await?;
@@ -300,5 +307,26 @@ impl Service {
             .await??;
         self.registry.invalidate(tenant_id);
         Ok(self.settings_view(&tenant))
+    }
+}
+
+impl Service {
+    /// Revokes the trusted devices of every user of `tenant` (of `role` only, when given):
+    /// disabling 2FA, or a role's `remember_device_days` lowered to 0 (DESIGN.md 5.4); audited
+    /// once, `trusted_device_revoked` with the count, when there were any. Revoked devices
+    /// stay revoked when the days are raised again.
+    fn revoke_tenant_devices(
+        conn: &mut DbConn,
+        ctx: &RequestCtx,
+        tenant: TenantId,
+        role: Option<Role>,
+        reason: &str,
+    ) -> StoreResult<()> {
+        let n = trusted_devices::revoke_for_tenant(conn, tenant, role, ctx.now)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let detail = json!({"reason": reason, "role": role, "count": n});
+        Service::audit(conn, ctx, tenant, None, None, AuditKind::TrustedDeviceRevoked, detail)
     }
 }

@@ -1,10 +1,11 @@
 //! Sign-in with a password, and sign-out.
 
 use chrono::{DateTime, Utc};
-use latchkey_core::{AuditKind, Method, SecretToken};
+use latchkey_core::crypto::TokenPurpose;
+use latchkey_core::{AuditKind, Method, MethodSet, Role, SecretToken, trust};
 use latchkey_store::model::{ChallengePurpose, NextAction};
 use latchkey_store::repo::locks::{self, TenantLock};
-use latchkey_store::repo::{enrollments, sessions, signin as signin_repo, users};
+use latchkey_store::repo::{enrollments, recovery_codes, sessions, signin as signin_repo, trusted_devices, users};
 use serde_json::json;
 
 use super::{Auth, RequestCtx, Service, UserView};
@@ -19,6 +20,26 @@ pub struct IssuedSession {
     pub expires_at: DateTime<Utc>,
     /// The signed-in user.
     pub user: UserView,
+    /// A trusted device remembered with this sign-in (`remember_device`, DESIGN.md 5.4).
+    pub device: Option<IssuedDevice>,
+    /// Whether a trusted device stood in for the second factor.
+    pub trusted_device: bool,
+}
+
+impl IssuedSession {
+    /// A session of `user` (no device involved).
+    pub fn new(token: SecretToken, expires_at: DateTime<Utc>, user: UserView) -> Self {
+        Self { token, expires_at, user, device: None, trusted_device: false }
+    }
+}
+
+/// A trusted device handed to the client.
+#[derive(Debug, Clone)]
+pub struct IssuedDevice {
+    /// The `device_token`, shown once.
+    pub token: SecretToken,
+    /// When it stops being honoured.
+    pub expires_at: DateTime<Utc>,
 }
 
 /// A challenge handed to the client.
@@ -34,6 +55,23 @@ pub struct ChallengeView {
     pub methods: Vec<Method>,
     /// The user's address, masked.
     pub email_masked: String,
+    /// Whether a recovery code may be used (the role allows them and the user has unused
+    /// ones; DESIGN.md 5.2).
+    pub recovery_code: bool,
+    /// Whether the enrollment may be skipped now (grace period, DESIGN.md 5.5).
+    pub skippable: bool,
+    /// The end of the grace period, on `enroll` challenges of a tenant with one.
+    pub enroll_by: Option<DateTime<Utc>>,
+}
+
+/// The methods of `set`, the user's preferred one first (DESIGN.md 5.3).
+pub(super) fn preferred_first(set: MethodSet, preferred: Option<Method>) -> Vec<Method> {
+    let mut list = set.to_vec();
+    if let Some(p) = preferred.filter(|p| set.contains(*p)) {
+        list.retain(|m| *m != p);
+        list.insert(0, p);
+    }
+    list
 }
 
 /// The outcome of a correct password.
@@ -65,9 +103,21 @@ impl Service {
     /// turned on, or after a password or email change, that committed first; and a user
     /// deleted meanwhile answers `invalid_credentials`.
     ///
+    /// While 2FA is on, a `device_token` of this user that is unexpired, unrevoked and of a
+    /// role that still remembers devices, while the user is not blocked, stands in for the
+    /// second factor (DESIGN.md 5.4): a session at once, audited `signed_in` with the device.
+    /// Any other device token is ignored.
+    ///
     /// Errors: `InvalidCredentials` (the same for unknown tenant, unknown email and wrong
     /// password), `RateLimited` past the attempt limit even with the right password.
-    pub async fn sign_in(&self, ctx: &RequestCtx, tenant_slug: &str, email: &str, password: &str) -> Result<SignIn> {
+    pub async fn sign_in(
+        &self,
+        ctx: &RequestCtx,
+        tenant_slug: &str,
+        email: &str,
+        password: &str,
+        device_token: Option<&str>,
+    ) -> Result<SignIn> {
         let email = latchkey_core::email::normalize(email);
         let Some(tenant) = self.registry.enter_slug(tenant_slug).await? else {
             let key = self.unknown_tenant_attempts_key(tenant_slug, &email);
@@ -92,6 +142,7 @@ impl Service {
 
         let svc = self.clone();
         let ctx = ctx.clone();
+        let device_hash = device_token.map(|t| self.keys.token_hash(TokenPurpose::Device, t));
         self.store
             .write(move |c| {
                 let Some((tenant, user)) = locks::tenant_then_user(c, tenant_id, TenantLock::Share, checked.id)? else {
@@ -117,11 +168,26 @@ impl Service {
                         AuditKind::SignedIn,
                         json!({"second_factor": false}),
                     )?;
-                    return Ok(Ok(SignIn::Session(IssuedSession {
-                        token,
-                        expires_at: session.expires_at,
-                        user: view,
-                    })));
+                    return Ok(Ok(SignIn::Session(IssuedSession::new(token, session.expires_at, view))));
+                }
+                let days = tenant.settings.remember_device_days.get(user.role);
+                if let Some(hash) = device_hash.filter(|_| days > 0)
+                    && let Some(device) = trusted_devices::by_token_hash(c, user.id, &hash)?
+                    && trust::device_honoured(
+                        device.expires_at,
+                        device.revoked_at.is_some(),
+                        user.lockout.blocked_until,
+                        ctx.now,
+                    )
+                {
+                    trusted_devices::mark_used(c, device.id, ctx.now)?;
+                    let (token, session) = svc.issue_session(c, &user, false, ctx.now)?;
+                    let who = Some(user.id.to_string());
+                    let detail = json!({"trusted_device": device.id});
+                    Service::audit(c, &ctx, tenant_id, who, Some(user.id), AuditKind::SignedIn, detail)?;
+                    let mut issued = IssuedSession::new(token, session.expires_at, view);
+                    issued.trusted_device = true;
+                    return Ok(Ok(SignIn::Session(issued)));
                 }
                 let allowed = policy.methods_for(user.role);
                 let usable = enrolled.intersect(allowed);
@@ -129,14 +195,28 @@ impl Service {
                     if usable.is_empty() { (NextAction::Enroll, allowed) } else { (NextAction::Verify, usable) };
                 let (token, challenge) =
                     svc.open_challenge(c, &user, ChallengePurpose::SignIn, next, methods, None, ctx.now)?;
+                let recovery_code = next == NextAction::Verify
+                    && tenant.settings.recovery_codes.get(user.role)
+                    && recovery_codes::has_unused(c, user.id)?;
+                let enroll_by = match next {
+                    NextAction::Enroll => {
+                        let asked = users::mark_enroll_asked(c, user.id, ctx.now)?.unwrap_or(ctx.now);
+                        let grace = if user.role == Role::Admin { 0 } else { tenant.settings.enrollment_grace_days };
+                        trust::enroll_by(asked, grace)
+                    }
+                    NextAction::Verify => None,
+                };
                 Ok(Ok(SignIn::Challenge {
                     user: view,
                     challenge: ChallengeView {
                         token,
                         expires_at: challenge.expires_at,
                         next,
-                        methods: methods.to_vec(),
+                        methods: preferred_first(methods, user.preferred),
                         email_masked: latchkey_core::email::mask(&user.email),
+                        recovery_code,
+                        skippable: trust::may_skip(enroll_by, ctx.now),
+                        enroll_by,
                     },
                 }))
             })

@@ -1,23 +1,26 @@
-//! Verification at sign-in: a code (or, later, another proof) of one of the challenge's
-//! methods completes the sign-in with a session whose second factor is verified now.
+//! Verification at sign-in: a proof of one of the challenge's methods completes the sign-in
+//! with a session whose second factor is verified now, and may remember the device.
 
-use latchkey_core::Method;
+use latchkey_core::crypto::TokenPurpose;
 use latchkey_core::otp::OtpLockout;
-use latchkey_store::Backend;
-use latchkey_store::model::{ChallengePurpose, NextAction};
-use latchkey_store::repo::{audit, challenges, users};
+use latchkey_core::{AuditKind, Method, MethodSet, SecretToken, TrustedDeviceId, trust};
+use latchkey_store::model::{AuditEvent, Challenge, ChallengePurpose, NextAction, Tenant, TrustedDevice, User};
+use latchkey_store::repo::{audit, challenges, enrollments, trusted_devices, users};
+use latchkey_store::{Backend, DbConn, StoreResult};
+use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::challenge::verified_sign_in_events;
 use super::factor::{Checked, Proof};
-use super::signin::IssuedSession;
+use super::signin::{IssuedDevice, IssuedSession};
 use super::{RequestCtx, Service, UserView};
 use crate::error::{Error, Result};
 
 impl Service {
     /// `POST /api/v1/auth/2fa/verify`: checks a code of `method` on a sign-in challenge.
     /// Success resets the wrong-code counter, ends the challenge and issues a session whose
-    /// second factor is verified now; the first email success also enrolls email.
+    /// second factor is verified now; the first email success also enrolls email. With
+    /// `remember_device`, where the role allows it, a trusted device comes with it.
     ///
     /// Errors: `InvalidChallenge`, `MethodNotAllowed`, `OtpBlocked`, `InvalidCode`
     /// (including replays, not counted), `CodeExpired`.
@@ -27,6 +30,7 @@ impl Service {
         challenge_token: &str,
         method: Method,
         code: &str,
+        remember_device: bool,
     ) -> Result<IssuedSession> {
         let loc = self.locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || Error::InvalidChallenge).await?;
         let allowed = loc.challenge.methods.intersect(loc.tenant.policy.methods_for(loc.user.role));
@@ -34,6 +38,7 @@ impl Service {
             return Err(Error::MethodNotAllowed);
         }
         if method == Method::Authenticator
+            && !remember_device
             && self.store.backend() == Backend::Postgres
             && loc.challenge.pending_secret.is_none()
             && loc.user.lockout.blocked(ctx.now).is_none()
@@ -50,35 +55,113 @@ impl Service {
                 let Some((user, ch)) = Service::reread(c, &loc, now)? else {
                     return Ok(Err(Error::InvalidChallenge));
                 };
-                if let Some(e) = svc.blocked(&user, method, now) {
+                if let Some(e) = svc.blocked(&user, method.as_str(), now) {
                     return Ok(Err(e));
                 }
-                let known_enrolled = match svc.check_proof(c, &ch, &user, method, &Proof::Code(&code), now)? {
+                let enrolled = match svc.check_proof(c, Some(&ch), &user, method, &Proof::Code(&code), now)? {
                     Checked::Accepted { enroll, enrolled } => {
                         Service::enroll_accepted(c, &ctx, &user, Some(ch.id), enroll)?;
                         enrolled
                     }
-                    Checked::Replayed => return Ok(Err(svc.on_replay(&user, method, now))),
+                    Checked::Replayed => return Ok(Err(svc.on_replay(&user, method.as_str(), now))),
                     Checked::Wrong { expired } => {
-                        return Ok(Err(svc.on_failure(c, &ctx, &user, method, expired)?));
+                        return Ok(Err(svc.on_failure(c, &ctx, &user, method.as_str(), expired)?));
                     }
                     Checked::NotEnrolled => return Ok(Err(Error::MethodNotAllowed)),
                 };
+                if method != Method::Authenticator {
+                    enrollments::mark_used(c, user.id, method, now)?;
+                }
                 if user.lockout != OtpLockout::default() || user.preferred != Some(method) {
                     users::set_verified(c, user.id, method)?;
                 }
-                challenges::end(c, ch.id, now)?;
-                let (token, session) = svc.issue_session(c, &user, true, now)?;
-                svc.metrics.otp_verifications.with_label_values(&[method.as_str(), "success"]).inc();
-                audit::insert_all(c, &verified_sign_in_events(&ctx, &user, method))?;
+                let events = verified_sign_in_events(&ctx, &user, method);
                 let mut user = user;
-                user.preferred = Some(method);
-                let view = match known_enrolled {
-                    Some(enrolled) => UserView::new(&user, enrolled),
-                    None => svc.user_view(c, &user)?,
+                if !user.preferred_chosen {
+                    user.preferred = Some(method);
+                }
+                let sign_in = CompletedSignIn {
+                    challenge: &ch,
+                    tenant: &loc.tenant,
+                    enrolled,
+                    remember_device,
+                    metric: method.as_str(),
                 };
-                Ok(Ok(IssuedSession { token, expires_at: session.expires_at, user: view }))
+                Ok(Ok(svc.complete_sign_in(c, &ctx, &user, &sign_in, &events)?))
             })
             .await?
     }
+
+    /// The writes every completed second step shares: the challenge ends, a session whose
+    /// second factor is verified now is issued, the audit events are appended, the success
+    /// is counted in the metrics, and a trusted device is remembered when asked for
+    /// and allowed. `user` is the user as he is after the verification.
+    pub(super) fn complete_sign_in(
+        &self,
+        conn: &mut DbConn,
+        ctx: &RequestCtx,
+        user: &User,
+        sign_in: &CompletedSignIn<'_>,
+        events: &[AuditEvent],
+    ) -> StoreResult<IssuedSession> {
+        challenges::end(conn, sign_in.challenge.id, ctx.now)?;
+        let (token, session) = self.issue_session(conn, user, true, ctx.now)?;
+        audit::insert_all(conn, events)?;
+        self.metrics.otp_verifications.with_label_values(&[sign_in.metric, "success"]).inc();
+        let view = match sign_in.enrolled {
+            Some(enrolled) => UserView::new(user, enrolled),
+            None => self.user_view(conn, user)?,
+        };
+        let mut issued = IssuedSession::new(token, session.expires_at, view);
+        if sign_in.remember_device {
+            issued.device = self.remember_device(conn, ctx, user, sign_in.tenant)?;
+        }
+        Ok(issued)
+    }
+
+    /// Remembers the requesting device for `user` where his role allows it (DESIGN.md 5.4):
+    /// a new `device_token`, stored only as a keyed hash, lasting the role's
+    /// `remember_device_days`; audited `trusted_device_created`. `None` where the role allows
+    /// none (the flag is then ignored).
+    fn remember_device(
+        &self,
+        conn: &mut DbConn,
+        ctx: &RequestCtx,
+        user: &User,
+        tenant: &Tenant,
+    ) -> StoreResult<Option<IssuedDevice>> {
+        let days = tenant.settings.remember_device_days.get(user.role);
+        let Some(expires_at) = trust::device_expiry(ctx.now, days) else { return Ok(None) };
+        let token = SecretToken::generate();
+        let device = TrustedDevice {
+            id: TrustedDeviceId::new(),
+            tenant_id: user.tenant_id,
+            user_id: user.id,
+            created_at: ctx.now,
+            last_used_at: None,
+            expires_at,
+            revoked_at: None,
+            user_agent: ctx.user_agent.clone(),
+            ip: ctx.ip.clone(),
+        };
+        trusted_devices::insert(conn, &device, &self.keys.token_hash(TokenPurpose::Device, token.expose()))?;
+        let who = Some(user.id.to_string());
+        let detail = json!({"device_id": device.id, "expires_at": expires_at});
+        Service::audit(conn, ctx, user.tenant_id, who, Some(user.id), AuditKind::TrustedDeviceCreated, detail)?;
+        Ok(Some(IssuedDevice { token, expires_at }))
+    }
+}
+
+/// What a completed second step needs besides the user.
+pub(super) struct CompletedSignIn<'a> {
+    /// The challenge, to end.
+    pub challenge: &'a Challenge,
+    /// The tenant (its settings say whether and how long a device is remembered).
+    pub tenant: &'a Tenant,
+    /// The user's enrolled methods, when already read.
+    pub enrolled: Option<MethodSet>,
+    /// Whether the client asked to remember the device.
+    pub remember_device: bool,
+    /// The `method` label of the success in `latchkey_otp_verifications_total`.
+    pub metric: &'static str,
 }

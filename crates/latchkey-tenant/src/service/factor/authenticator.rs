@@ -78,13 +78,15 @@ impl SecondFactor for Authenticator {
         &self,
         svc: &Service,
         conn: &mut DbConn,
-        challenge: &Challenge,
+        challenge: Option<&Challenge>,
         user: &User,
         proof: &Proof<'_>,
         now: DateTime<Utc>,
     ) -> StoreResult<Checked> {
         let Proof::Code(code) = proof;
-        if let Some(sealed) = &challenge.pending_secret {
+        if let Some(challenge) = challenge
+            && let Some(sealed) = &challenge.pending_secret
+        {
             let bytes =
                 svc.keys.open(sealed, &pending_aad(challenge)).map_err(|_| StoreError::Corrupt("pending secret"))?;
             let secret = TotpSecret::from_bytes(&bytes).map_err(|_| StoreError::Corrupt("pending secret"))?;
@@ -96,6 +98,7 @@ impl SecondFactor for Authenticator {
                         secret_sealed: Some(svc.keys.seal(secret.as_bytes(), &enrolled_aad(user.id))),
                         last_step: Some(step),
                         created_at: now,
+                        last_used_at: None,
                     }),
                     enrolled: None,
                 },
@@ -111,7 +114,7 @@ impl SecondFactor for Authenticator {
         let secret = Authenticator::enrolled_secret(svc, &enrollment)?;
         Ok(match totp::check(&secret, code, now, enrollment.last_step) {
             TotpCheck::Accepted { step } => {
-                if enrollments::advance_last_step(conn, user.id, step)? {
+                if enrollments::advance_last_step(conn, user.id, step, now)? {
                     Checked::Accepted { enroll: None, enrolled: Some(enrolled) }
                 } else {
                     Checked::Replayed
@@ -169,8 +172,10 @@ impl Service {
                     return Ok(None);
                 }
                 svc.metrics.otp_verifications.with_label_values(&[method.as_str(), "success"]).inc();
-                user.preferred = Some(method);
-                Ok(Some(IssuedSession { token, expires_at: session.expires_at, user: UserView::new(&user, enrolled) }))
+                if !user.preferred_chosen {
+                    user.preferred = Some(method);
+                }
+                Ok(Some(IssuedSession::new(token, session.expires_at, UserView::new(&user, enrolled))))
             })
             .await?;
         Ok(issued)

@@ -24,12 +24,14 @@ impl SecondFactor for EmailCode {
         &self,
         svc: &Service,
         conn: &mut DbConn,
-        challenge: &Challenge,
+        challenge: Option<&Challenge>,
         user: &User,
         proof: &Proof<'_>,
         now: DateTime<Utc>,
     ) -> StoreResult<Checked> {
         let Proof::Code(code) = proof;
+        // An email code belongs to the challenge it was sent for; without one, none matches.
+        let Some(challenge) = challenge else { return Ok(Checked::Wrong { expired: false }) };
         let codes = email_codes::for_challenge(conn, challenge.id)?;
         let matched = codes.iter().find(|c| ct_eq(&svc.keys.code_hash(&c.id.to_string(), code), &c.code_hash));
         let live = match matched {
@@ -48,6 +50,7 @@ impl SecondFactor for EmailCode {
             secret_sealed: None,
             last_step: None,
             created_at: now,
+            last_used_at: None,
         });
         Ok(Checked::Accepted { enrolled: Some(enrolled.with(Method::Email)), enroll })
     }

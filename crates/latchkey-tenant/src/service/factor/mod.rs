@@ -44,15 +44,15 @@ pub(super) enum Checked {
 
 /// A second-factor method as the flows see it.
 pub(super) trait SecondFactor: Sync {
-    /// Checks `proof` for `user` on `challenge`, inside the user's transaction (the caller
-    /// holds the user's lock and has checked that the user is not blocked). A one-time value
-    /// it accepts is used up here by a conditional update, so that it is accepted at most
-    /// once however many requests race.
+    /// Checks `proof` for `user` on `challenge` (`None` for a step-up by a method that needs
+    /// none), inside the user's transaction (the caller holds the user's lock and has checked
+    /// that the user is not blocked). A one-time value it accepts is used up here by a
+    /// conditional update, so that it is accepted at most once however many requests race.
     fn check(
         &self,
         svc: &Service,
         conn: &mut DbConn,
-        challenge: &Challenge,
+        challenge: Option<&Challenge>,
         user: &User,
         proof: &Proof<'_>,
         now: DateTime<Utc>,
@@ -72,7 +72,7 @@ impl Service {
     pub(super) fn check_proof(
         &self,
         conn: &mut DbConn,
-        challenge: &Challenge,
+        challenge: Option<&Challenge>,
         user: &User,
         method: Method,
         proof: &Proof<'_>,

@@ -1,0 +1,160 @@
+//! Recovery codes (DESIGN.md 5.2): a set of ten single-use codes a user generates for the day
+//! he has lost his other factors, and their use on a sign-in challenge. A recovery code is not
+//! a method: `methods` never lists it; the challenge's `recovery_code` flag governs it.
+
+use chrono::{DateTime, Utc};
+use latchkey_core::{AuditKind, recovery_code};
+use latchkey_store::model::{ChallengePurpose, NextAction};
+use latchkey_store::repo::{challenges, email_codes, enrollments, recovery_codes, users};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::signin::IssuedSession;
+use super::verify::CompletedSignIn;
+use super::{Auth, RequestCtx, Service};
+use crate::error::{Error, Result};
+
+/// The `factor` name of recovery codes in metrics and audit details.
+pub const RECOVERY_CODE: &str = "recovery_code";
+
+/// A new set of recovery codes, shown once.
+pub struct RecoveryCodes {
+    /// The ten codes, as `xxxxx-xxxxx`.
+    pub codes: Vec<Zeroizing<String>>,
+    /// When they were generated.
+    pub created_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for RecoveryCodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoveryCodes").field("created_at", &self.created_at).finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// `POST /api/v1/me/recovery-codes`: a new set of ten codes for the signed-in user, who
+    /// must have an enrolled method and a fresh second factor; stored only as keyed hashes,
+    /// the previous set void; the user's open challenges and codes are void too (a change of
+    /// his factors); audited `recovery_codes_generated`.
+    ///
+    /// Errors: `MethodNotAllowed` (the role may not use recovery codes), `EnrollmentRequired`
+    /// (no enrolled method), `StepUpRequired`.
+    pub async fn generate_recovery_codes(&self, ctx: &RequestCtx, auth: &Auth) -> Result<RecoveryCodes> {
+        if !auth.tenant.settings.recovery_codes.get(auth.user.role) {
+            return Err(Error::MethodNotAllowed);
+        }
+        let user_id = auth.user.id;
+        if self.store.run(move |c| enrollments::methods_of(c, user_id)).await?.is_empty() {
+            return Err(Error::EnrollmentRequired);
+        }
+        self.require_fresh_factor(auth, ctx.now)?;
+        let codes = recovery_code::generate_set();
+        let hashes: Vec<[u8; 32]> = codes
+            .iter()
+            .filter_map(|c| recovery_code::normalize(c))
+            .map(|c| self.keys.recovery_code_hash(&user_id.to_string(), &c))
+            .collect();
+        let user = auth.user.clone();
+        let ctx2 = ctx.clone();
+        self.store
+            .write(move |c| {
+                users::lock(c, user.id)?;
+                recovery_codes::replace(c, user.tenant_id, user.id, &hashes, ctx2.now)?;
+                challenges::end_for_user(c, user.id, None, ctx2.now)?;
+                email_codes::void_for_user(c, user.id, ctx2.now)?;
+                let who = Some(user.id.to_string());
+                let detail = json!({"count": hashes.len()});
+                Service::audit(c, &ctx2, user.tenant_id, who, Some(user.id), AuditKind::RecoveryCodesGenerated, detail)
+            })
+            .await?;
+        Ok(RecoveryCodes { codes, created_at: ctx.now })
+    }
+
+    /// `DELETE /api/v1/me/recovery-codes`: voids the user's set (a fresh second factor is
+    /// needed while he has an enrolled method); audited `factor_removed`.
+    ///
+    /// Errors: `StepUpRequired`.
+    pub async fn delete_recovery_codes(&self, ctx: &RequestCtx, auth: &Auth) -> Result<()> {
+        let user_id = auth.user.id;
+        if !self.store.run(move |c| enrollments::methods_of(c, user_id)).await?.is_empty() {
+            self.require_fresh_factor(auth, ctx.now)?;
+        }
+        let user = auth.user.clone();
+        let ctx = ctx.clone();
+        self.store
+            .write(move |c| {
+                users::lock(c, user.id)?;
+                if recovery_codes::delete_for_user(c, user.id)? == 0 {
+                    return Ok(());
+                }
+                let who = Some(user.id.to_string());
+                let detail = json!({"method": RECOVERY_CODE});
+                Service::audit(c, &ctx, user.tenant_id, who, Some(user.id), AuditKind::FactorRemoved, detail)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /api/v1/auth/2fa/verify` with `method: "recovery_code"`: an unused code of the
+    /// user (already normalised, see [`recovery_code::normalize`]) completes the sign-in like
+    /// a code of a method; it is spent by one conditional update (single-use however many
+    /// requests race) and audited `recovery_code_used`. A wrong or spent code counts as a
+    /// wrong code. The session's second factor counts as verified (so the user can enroll a
+    /// new one).
+    ///
+    /// Errors: `InvalidChallenge`, `MethodNotAllowed` (the challenge's `recovery_code` is
+    /// false: not a `verify` challenge, not allowed for the role, or no unused code),
+    /// `OtpBlocked`, `InvalidCode`.
+    pub async fn verify_recovery_code(
+        &self,
+        ctx: &RequestCtx,
+        challenge_token: &str,
+        code: &str,
+        remember_device: bool,
+    ) -> Result<IssuedSession> {
+        let loc = self.locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || Error::InvalidChallenge).await?;
+        if loc.challenge.next != NextAction::Verify || !loc.tenant.settings.recovery_codes.get(loc.user.role) {
+            return Err(Error::MethodNotAllowed);
+        }
+        let hash = self.keys.recovery_code_hash(&loc.user.id.to_string(), code);
+        let svc = self.clone();
+        let ctx = ctx.clone();
+        self.store
+            .write(move |c| {
+                let now = ctx.now;
+                let Some((user, ch)) = Service::reread(c, &loc, now)? else {
+                    return Ok(Err(Error::InvalidChallenge));
+                };
+                if let Some(e) = svc.blocked(&user, RECOVERY_CODE, now) {
+                    return Ok(Err(e));
+                }
+                if !recovery_codes::has_unused(c, user.id)? {
+                    return Ok(Err(Error::MethodNotAllowed));
+                }
+                if !recovery_codes::spend(c, user.id, &hash, now)? {
+                    return Ok(Err(svc.on_failure(c, &ctx, &user, RECOVERY_CODE, false)?));
+                }
+                users::set_lockout(c, user.id, Default::default())?;
+                let remaining = recovery_codes::set_of(c, user.id)?.map_or(0, |s| s.remaining);
+                let events = Service::new_audit_events(
+                    &ctx,
+                    user.tenant_id,
+                    Some(user.id.to_string()),
+                    Some(user.id),
+                    [
+                        (AuditKind::RecoveryCodeUsed, json!({"remaining": remaining})),
+                        (AuditKind::SignedIn, json!({"second_factor": true, "method": RECOVERY_CODE})),
+                    ],
+                );
+                let sign_in = CompletedSignIn {
+                    challenge: &ch,
+                    tenant: &loc.tenant,
+                    enrolled: None,
+                    remember_device,
+                    metric: RECOVERY_CODE,
+                };
+                Ok(Ok(svc.complete_sign_in(c, &ctx, &user, &sign_in, &events)?))
+            })
+            .await?
+    }
+}
