@@ -12,6 +12,7 @@ mod binary;
 mod deploy;
 mod email;
 mod fuzz;
+mod notices;
 mod recovery;
 mod settings;
 mod signin;

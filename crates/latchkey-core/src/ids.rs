@@ -65,8 +65,10 @@ id_type!(
     RecoveryRequestId,
     /// An audit event.
     AuditEventId,
-    /// One email delivery (a queued job's idempotency key).
+    /// One delivery: an email or a webhook delivery (a queued job's idempotency key).
     DeliveryId,
+    /// A tenant's webhook endpoint (DESIGN.md 5.6).
+    WebhookId,
 );
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod password;
 pub mod role;
 pub mod settings;
 pub mod totp;
+pub mod webhook;
 
 pub use audit::AuditKind;
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -13,6 +13,7 @@ pub mod signin;
 pub mod tenants;
 pub mod totp_sign_in;
 pub mod users;
+pub mod webhooks;
 
 /// A page of a list: at most `limit` items after the `after` cursor (an id).
 #[derive(Debug, Clone, Copy)]

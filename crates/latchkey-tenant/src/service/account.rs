@@ -7,7 +7,7 @@ use latchkey_store::repo::{Page, challenges, email_codes, enrollments, reset_tok
 use latchkey_store::{DbConn, StoreError, StoreResult};
 use serde_json::json;
 
-use super::{Auth, RequestCtx, Service, UserView, check_new_password, clean_email, clean_name};
+use super::{Auth, Notice, RequestCtx, Service, UserView, check_new_password, clean_email, clean_name};
 use crate::error::{Error, Result};
 
 /// A user to create.
@@ -128,8 +128,10 @@ impl Service {
     }
 
     /// Changes `target`'s email inside a transaction holding the tenant lock: ends the user's
-    /// sessions (except `keep`), challenges, codes and reset links, and audits it.
+    /// sessions (except `keep`), challenges, codes and reset links, audits it and tells the
+    /// old address.
     fn change_email(
+        &self,
         conn: &mut DbConn,
         ctx: &RequestCtx,
         actor: UserId,
@@ -153,7 +155,10 @@ impl Service {
             Some(target.id),
             AuditKind::EmailChanged,
             detail,
-        )
+        )?;
+        let notice =
+            Notice::EmailChanged { user: target.id, old_email: target.email.clone(), new_email: email.to_owned() };
+        self.notify(conn, ctx, target.tenant_id, notice)
     }
 
     /// `PATCH /api/v1/me`: name for anyone; email for admins only, with the password and a
@@ -192,7 +197,7 @@ impl Service {
             .write(move |c| {
                 users::lock_tenant(c, user.tenant_id)?;
                 if let Some(email) = &email {
-                    Service::change_email(c, &ctx, user.id, &user, email, Some(keep))?;
+                    svc.change_email(c, &ctx, user.id, &user, email, Some(keep))?;
                 }
                 if let Some(name) = &name {
                     users::update_profile(c, user.id, Some(name), None, None, ctx.now)?;
@@ -215,6 +220,7 @@ impl Service {
         let user = auth.user.clone();
         let keep = auth.session.id;
         let ctx = ctx.clone();
+        let svc = self.clone();
         self.store
             .write(move |c| {
                 users::set_password(c, user.id, &hash, ctx.now)?;
@@ -227,7 +233,8 @@ impl Service {
                     Some(user.id),
                     AuditKind::PasswordChanged,
                     json!({}),
-                )
+                )?;
+                svc.notify(c, &ctx, user.tenant_id, Notice::PasswordChanged { user: user.id })
             })
             .await?;
         Ok(())
@@ -354,7 +361,7 @@ impl Service {
                     )?;
                 }
                 if let Some(email) = email.as_deref().filter(|e| *e != target.email) {
-                    Service::change_email(c, &ctx, actor, &target, email, Some(keep))?;
+                    svc.change_email(c, &ctx, actor, &target, email, Some(keep))?;
                 }
                 if let Some(name) = &name {
                     users::update_profile(c, target.id, Some(name), None, None, ctx.now)?;

@@ -3,31 +3,29 @@
 
 use std::fmt;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use latchkey_core::crypto::{TokenPurpose, ct_eq};
 use latchkey_core::otp::{OtpLockout, SendRefusal, decide_send, generate_email_code, seconds_until};
 use latchkey_core::totp::{self, TotpCheck, TotpSecret};
 use latchkey_core::{
-    AuditKind, ChallengeId, DeliveryId, EmailCodeId, Method, MethodSet, RecoveryRequestId, ResetTokenId, Role,
-    SecretToken, UserId,
+    AuditKind, ChallengeId, EmailCodeId, Method, MethodSet, RecoveryRequestId, ResetTokenId, Role, SecretToken, UserId,
 };
 use latchkey_store::model::{
     AuditEvent, Challenge, ChallengePurpose, EmailCode, Enrollment, NextAction, RecoveryRequest, RecoveryStatus,
     ResetToken, Tenant, User,
 };
+use latchkey_store::repo::deliveries::{self, Attempt, DeliveryKind, DeliveryState};
 use latchkey_store::repo::totp_sign_in::{self, TotpSignIn, TotpSignInOutcome};
-use latchkey_store::repo::{audit, challenges, deliveries, email_codes, enrollments, recovery, reset_tokens, users};
+use latchkey_store::repo::{audit, challenges, email_codes, enrollments, recovery, reset_tokens, users};
 use latchkey_store::{Backend, DbConn, StoreError, StoreResult};
 use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::admin::RecoveryView;
 use super::signin::IssuedSession;
-use super::{RequestCtx, Service, UserView};
+use super::{Notice, RequestCtx, Service, UserView};
 use crate::error::{Error, Result};
-use crate::outbox::{MailJob, SendEmailOtp, SendResetLink, job_aad};
+use crate::outbox::{DeliveryJob, MailPayload};
 
 /// What an authenticator app needs: the setup key, the `otpauth://` URI and its QR code.
 #[derive(Clone)]
@@ -302,7 +300,8 @@ impl Service {
             created_at: ctx.now,
         };
         enrollments::upsert(conn, user.tenant_id, &enrollment)?;
-        Service::enrolled(conn, ctx, user, Method::Authenticator, None)
+        Service::enrolled(conn, ctx, user, Method::Authenticator, None)?;
+        self.notify(conn, ctx, user.tenant_id, Notice::MethodEnrolled { user: user.id, method: Method::Authenticator })
     }
 
     /// Accepts the challenge's live email code; the user's first success enrolls the email
@@ -327,7 +326,8 @@ impl Service {
             created_at: ctx.now,
         };
         enrollments::upsert(conn, user.tenant_id, &enrollment)?;
-        Service::enrolled(conn, ctx, user, Method::Email, Some(challenge.id))
+        Service::enrolled(conn, ctx, user, Method::Email, Some(challenge.id))?;
+        self.notify(conn, ctx, user.tenant_id, Notice::MethodEnrolled { user: user.id, method: Method::Email })
     }
 
     /// After an enrollment: the user's other challenges and codes are void (DESIGN.md
@@ -347,7 +347,7 @@ impl Service {
 
     /// Queues `job`; if the queue refuses it, `undo` removes what the send recorded (so a
     /// refused send does not count) and the answer is `QueueUnavailable`.
-    async fn enqueue_or_undo<F>(&self, job: MailJob, undo: F) -> Result<()>
+    async fn enqueue_or_undo<F>(&self, job: DeliveryJob, undo: F) -> Result<()>
     where
         F: FnOnce(&mut DbConn) -> StoreResult<()> + Send + 'static,
     {
@@ -462,7 +462,7 @@ impl Service {
         let svc = self.clone();
         let now = ctx.now;
         let tenant_name = loc.tenant.name.clone();
-        let (user, code, code_id, delivery_id, permit) = self
+        let (user, delivery_id, code_id, permit) = self
             .store
             .write(move |c| {
                 let Some((user, ch)) = Service::reread(c, &loc, now)? else {
@@ -494,24 +494,17 @@ impl Service {
                         voided_at: None,
                     },
                 )?;
-                let delivery_id = DeliveryId::new();
-                deliveries::insert(c, delivery_id, "otp", now)?;
-                Ok(Ok((user, code, code_id, delivery_id, permit)))
+                let payload = MailPayload::Otp { code_id, to: user.email.clone(), tenant_name, code: code.to_string() };
+                let expires = Some(now + svc.limits.email_otp_ttl);
+                let delivery_id =
+                    svc.record_mail(c, user.tenant_id, DeliveryKind::Otp, &payload, expires, true, now)?;
+                Ok(Ok((user, delivery_id, code_id, permit)))
             })
             .await??;
         let expires_at = now + self.limits.email_otp_ttl;
-        let job = SendEmailOtp {
-            delivery_id,
-            code_id,
-            to: user.email.clone(),
-            tenant_name,
-            sealed_code: STANDARD.encode(self.keys.seal(code.as_bytes(), &job_aad(delivery_id))),
-            expires_at,
-            enqueued_at: now,
-        };
-        self.enqueue_or_undo(MailJob::EmailOtp(job), move |c| {
+        self.enqueue_or_undo(DeliveryJob { delivery_id }, move |c| {
             email_codes::delete(c, code_id)?;
-            deliveries::finish(c, delivery_id, deliveries::DeliveryState::Dropped, now)
+            deliveries::finish(c, delivery_id, DeliveryState::Dropped, &Attempt::default(), now)
         })
         .await?;
         Ok(EmailSent {
@@ -677,6 +670,7 @@ impl Service {
                             AuditKind::RecoveryRequested,
                             json!({"request_id": request.id}),
                         )?;
+                        svc.notify(c, &ctx, user.tenant_id, Notice::RecoveryRequested { user: user.id })?;
                         request
                     }
                 };
@@ -691,7 +685,7 @@ impl Service {
         let ctx2 = ctx.clone();
         let now = ctx.now;
         let tenant_name = loc.tenant.name.clone();
-        let (user, token, token_id, delivery_id) = self
+        let (user, token_id, delivery_id) = self
             .store
             .write(move |c| {
                 let Some((user, _)) = Service::reread(c, &loc, now)? else {
@@ -714,25 +708,23 @@ impl Service {
                     voided_at: None,
                 };
                 reset_tokens::insert(c, &row, &svc.keys.token_hash(TokenPurpose::Reset, token.expose()))?;
-                let delivery_id = DeliveryId::new();
-                deliveries::insert(c, delivery_id, "reset_link", now)?;
+                let payload = MailPayload::ResetLink {
+                    token_id: row.id,
+                    to: user.email.clone(),
+                    tenant_name,
+                    token: token.expose().to_owned(),
+                };
+                let kind = DeliveryKind::ResetLink;
+                let delivery_id =
+                    svc.record_mail(c, user.tenant_id, kind, &payload, Some(row.expires_at), true, now)?;
                 let who = Some(user.id.to_string());
                 Service::audit(c, &ctx2, user.tenant_id, who, Some(user.id), AuditKind::ResetLinkSent, json!({}))?;
-                Ok(Ok((user, token, row.id, delivery_id)))
+                Ok(Ok((user, row.id, delivery_id)))
             })
             .await??;
-        let job = SendResetLink {
-            delivery_id,
-            token_id,
-            to: user.email.clone(),
-            tenant_name,
-            sealed_token: STANDARD.encode(self.keys.seal(token.expose().as_bytes(), &job_aad(delivery_id))),
-            expires_at: now + self.limits.reset_link_ttl,
-            enqueued_at: now,
-        };
-        self.enqueue_or_undo(MailJob::ResetLink(job), move |c| {
+        self.enqueue_or_undo(DeliveryJob { delivery_id }, move |c| {
             reset_tokens::delete(c, token_id)?;
-            deliveries::finish(c, delivery_id, deliveries::DeliveryState::Dropped, now)
+            deliveries::finish(c, delivery_id, DeliveryState::Dropped, &Attempt::default(), now)
         })
         .await?;
         Ok(RecoveryStarted::EmailLink { email_masked: latchkey_core::email::mask(&user.email) })
@@ -745,6 +737,7 @@ impl Service {
     pub async fn reset_with_link(&self, ctx: &RequestCtx, token: &str) -> Result<()> {
         let hash = self.keys.token_hash(TokenPurpose::Reset, token);
         let ctx = ctx.clone();
+        let svc = self.clone();
         self.store
             .write(move |c| {
                 let now = ctx.now;
@@ -758,6 +751,7 @@ impl Service {
                 Service::reset_second_factor(c, row.user_id, now)?;
                 let who = Some(row.user_id.to_string());
                 Service::audit(c, &ctx, row.tenant_id, who, Some(row.user_id), AuditKind::ResetLinkUsed, json!({}))?;
+                svc.notify(c, &ctx, row.tenant_id, Notice::ResetLinkUsed { user: row.user_id })?;
                 Ok(Ok(()))
             })
             .await?

@@ -4,6 +4,7 @@
 mod account;
 mod admin;
 mod challenge;
+mod notices;
 mod settings;
 mod signin;
 
@@ -28,8 +29,9 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 pub use account::{NewUser, UserChanges};
-pub use admin::{Purged, RecoveryView};
+pub use admin::{Purged, RecoveryView, WEBHOOK_HISTORY_DAYS};
 pub use challenge::{EmailSent, RecoveryStarted, TotpSetup};
+pub use notices::{Notice, NoticeGroup};
 pub use settings::{EnableSetup, MethodChanges, SettingsView};
 pub use signin::{ChallengeView, IssuedSession, SignIn};
 
@@ -106,6 +108,9 @@ pub struct ServerSettings {
     pub relying_party: RelyingParty,
     /// Bounds on tenant settings (`LATCHKEY_REMEMBER_DEVICE_MAX_DAYS`, …).
     pub bounds: SettingsBounds,
+    /// How long a delivery pushed to the queue counts as in flight before the sweep takes it
+    /// for lost and queues it again (`LATCHKEY_DELIVERY_REQUEUE_MS`).
+    pub delivery_requeue: chrono::Duration,
 }
 
 impl ServerSettings {
@@ -115,6 +120,7 @@ impl ServerSettings {
             public_url: config.public_url(),
             relying_party: config.relying_party(),
             bounds: config.settings_bounds(),
+            delivery_requeue: config.delivery_requeue(),
         }
     }
 }
