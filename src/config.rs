@@ -100,6 +100,9 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
         ("LATCHKEY_SIGNIN_WINDOW_SECS", c.signin_window_secs),
         ("LATCHKEY_TENANT_IDLE_SECS", c.tenant_idle_secs),
         ("LATCHKEY_REQUEST_TIMEOUT_SECS", c.request_timeout_secs),
+        ("LATCHKEY_DELIVERY_SWEEP_MS", c.delivery_sweep_ms),
+        ("LATCHKEY_WEBHOOK_RETRY_INITIAL_MS", c.webhook_retry_initial_ms),
+        ("LATCHKEY_WEBHOOK_RETRY_MAX_SECS", c.webhook_retry_max_secs),
     ] {
         if value == 0 {
             return Err(bad(key, "must be greater than 0"));
@@ -112,6 +115,8 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
         ("LATCHKEY_SIGNIN_PER_IP_PER_MINUTE", c.signin_per_ip_per_minute),
         ("LATCHKEY_DB_POOL_SIZE", c.db_pool_size),
         ("LATCHKEY_WORKER_CONCURRENCY", c.worker_concurrency),
+        ("LATCHKEY_WEBHOOK_MAX_ATTEMPTS", c.webhook_max_attempts),
+        ("LATCHKEY_WEBHOOKS_PER_TENANT", c.webhooks_per_tenant),
     ] {
         if value == 0 {
             return Err(bad(key, "must be greater than 0"));

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use actix::Arbiter;
 use actix_web::dev::ServerHandle;
-use base64::Engine as _;
 use chrono::{DateTime, Duration, Utc};
 use latchkey::app::Core;
 use latchkey_core::totp::TotpSecret;
 use latchkey_core::{Config, Keys, ManualClock};
+use latchkey_store::repo::deliveries;
 use latchkey_store::testing::ScratchDb;
-use latchkey_tenant::{MailJob, MemoryOutbox, outbox::job_aad};
+use latchkey_tenant::outbox::{DeliveryJob, MailPayload, MemoryOutbox, open_payload};
 use serde_json::{Value, json};
 
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -221,6 +221,13 @@ impl TestApp {
         r.body["two_factor"].clone()
     }
 
+    /// Signs in with `password` and 2FA on; returns the challenge.
+    pub async fn challenge_with(&self, slug: &str, email: &str, password: &str) -> Value {
+        let r = self.post("/api/v1/auth", json!({"tenant": slug, "email": email, "password": password})).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body["two_factor"].clone()
+    }
+
     /// Creates a user of `role` as the admin.
     pub async fn user(&self, admin_token: &str, email: &str, role: &str) -> String {
         let r = self
@@ -284,28 +291,49 @@ impl TestApp {
     }
 
     /// Queued jobs so far.
-    pub fn jobs(&self) -> Vec<MailJob> {
+    pub fn jobs(&self) -> Vec<DeliveryJob> {
         self.outbox.jobs()
+    }
+
+    /// The message of a queued mail delivery, opened from its row.
+    pub fn payload(&self, job: &DeliveryJob) -> Option<MailPayload> {
+        let id = job.delivery_id;
+        let row = self.core.store.run_blocking(move |c| deliveries::get(c, id)).unwrap()?;
+        Some(open_payload(&self.keys, id, row.payload.as_deref()?).unwrap())
+    }
+
+    /// The notices recorded for the tenant `slug` so far, oldest first, opened.
+    pub fn notices(&self, slug: &str) -> Vec<latchkey_tenant::outbox::NoticeMail> {
+        let slug = slug.to_owned();
+        let keys = self.keys.clone();
+        self.core
+            .store
+            .run_blocking(move |c| {
+                let t = latchkey_store::repo::tenants::by_slug(c, &slug)?.expect("tenant");
+                let rows = deliveries::of_tenant(c, t.id, deliveries::DeliveryKind::Notice)?;
+                Ok(rows
+                    .iter()
+                    .map(|d| match open_payload(&keys, d.id, d.payload.as_deref().unwrap()).unwrap() {
+                        MailPayload::Notice(n) => n,
+                        other => panic!("not a notice: {other:?}"),
+                    })
+                    .collect())
+            })
+            .unwrap()
     }
 
     /// The plaintext code of the last queued email code to `to`.
     pub fn last_code(&self, to: &str) -> Option<String> {
-        self.jobs().into_iter().rev().find_map(|j| match j {
-            MailJob::EmailOtp(job) if job.to == to => {
-                let sealed = base64::engine::general_purpose::STANDARD.decode(&job.sealed_code).unwrap();
-                Some(String::from_utf8(self.keys.open(&sealed, &job_aad(job.delivery_id)).unwrap().to_vec()).unwrap())
-            }
+        self.jobs().iter().rev().find_map(|j| match self.payload(j)? {
+            MailPayload::Otp { to: t, code, .. } if t == to => Some(code),
             _ => None,
         })
     }
 
     /// The token of the last queued reset link to `to`.
     pub fn last_reset_token(&self, to: &str) -> Option<String> {
-        self.jobs().into_iter().rev().find_map(|j| match j {
-            MailJob::ResetLink(job) if job.to == to => {
-                let sealed = base64::engine::general_purpose::STANDARD.decode(&job.sealed_token).unwrap();
-                Some(String::from_utf8(self.keys.open(&sealed, &job_aad(job.delivery_id)).unwrap().to_vec()).unwrap())
-            }
+        self.jobs().iter().rev().find_map(|j| match self.payload(j)? {
+            MailPayload::ResetLink { to: t, token, .. } if t == to => Some(token),
             _ => None,
         })
     }

@@ -119,6 +119,28 @@ pub struct Config {
     pub mail_retry_max_secs: u64,
     /// Email jobs a worker delivers at once (default 16).
     pub worker_concurrency: u32,
+    /// How often the worker's sweep looks for deliveries that are due and not in flight
+    /// (lost by the queue, waiting for a retry, or recorded by a transaction), in
+    /// milliseconds (default 1000, DESIGN.md 5.8).
+    pub delivery_sweep_ms: u64,
+    /// How long a delivery pushed to the queue counts as in flight before the sweep takes it
+    /// for lost and queues it again, in milliseconds (default: 3 × `delivery_sweep_ms`,
+    /// at least 1000).
+    pub delivery_requeue_ms: Option<u64>,
+    /// First retry delay of a failed webhook delivery, in milliseconds (default 1000,
+    /// DESIGN.md 5.6); doubles on every retry.
+    pub webhook_retry_initial_ms: u64,
+    /// Cap of the webhook retry delay (default 300).
+    pub webhook_retry_max_secs: u64,
+    /// Attempts of one webhook delivery before it is `failed` (default 10).
+    pub webhook_max_attempts: u32,
+    /// Accept `http://` webhook URLs, not only `https://` (default false).
+    pub webhook_allow_http: bool,
+    /// Accept webhook hosts that resolve to loopback, private, link-local, unique-local,
+    /// multicast or unspecified addresses (default false: the SSRF guard).
+    pub webhook_allow_private: bool,
+    /// Most webhooks one tenant may have (default 20).
+    pub webhooks_per_tenant: u32,
     /// Database connections per process (default 16).
     pub db_pool_size: u32,
     /// Time given to in-flight requests and jobs on SIGTERM (default 30).
@@ -175,6 +197,14 @@ impl Default for Config {
             mail_retry_initial_ms: 1000,
             mail_retry_max_secs: 30,
             worker_concurrency: 16,
+            delivery_sweep_ms: 1000,
+            delivery_requeue_ms: None,
+            webhook_retry_initial_ms: 1000,
+            webhook_retry_max_secs: 300,
+            webhook_max_attempts: 10,
+            webhook_allow_http: false,
+            webhook_allow_private: false,
+            webhooks_per_tenant: 20,
             db_pool_size: 16,
             shutdown_timeout_secs: 30,
             request_timeout_secs: 30,
@@ -230,6 +260,18 @@ impl Config {
     pub fn public_url(&self) -> String {
         let url = self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen));
         url.trim_end_matches('/').to_owned()
+    }
+
+    /// How long a queued delivery counts as in flight: `delivery_requeue_ms`, else three
+    /// sweeps (at least a second).
+    pub fn delivery_requeue(&self) -> Duration {
+        let ms = self.delivery_requeue_ms.unwrap_or(self.delivery_sweep_ms.saturating_mul(3)).max(1000);
+        Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX / 1000).min(i64::MAX / 1000))
+    }
+
+    /// The webhook SSRF guard's settings.
+    pub fn webhook_policy(&self) -> crate::webhook::UrlPolicy {
+        crate::webhook::UrlPolicy { allow_http: self.webhook_allow_http, allow_private: self.webhook_allow_private }
     }
 
     /// The server's bounds on tenant settings.

@@ -65,12 +65,14 @@ id_type!(
     RecoveryRequestId,
     /// An audit event.
     AuditEventId,
-    /// One email delivery (a queued job's idempotency key).
+    /// One delivery: an email or a webhook delivery (a queued job's idempotency key).
     DeliveryId,
     /// One recovery code of a user's set (DESIGN.md 5.2).
     RecoveryCodeId,
     /// A trusted device (DESIGN.md 5.4).
     TrustedDeviceId,
+    /// A tenant's webhook endpoint (DESIGN.md 5.6).
+    WebhookId,
 );
 
 #[cfg(test)]

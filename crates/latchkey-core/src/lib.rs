@@ -21,6 +21,7 @@ pub mod role;
 pub mod settings;
 pub mod totp;
 pub mod trust;
+pub mod webhook;
 
 pub use audit::AuditKind;
 pub use clock::{Clock, ManualClock, SystemClock};

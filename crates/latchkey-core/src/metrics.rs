@@ -21,9 +21,12 @@ pub struct Metrics {
     pub otp_verifications: IntCounterVec,
     /// `latchkey_otp_blocks_total`: users blocked after too many wrong codes.
     pub otp_blocks: IntCounter,
-    /// `latchkey_email_jobs_total{kind,outcome}`; kind `otp` or `reset_link`, outcome `sent`,
-    /// `retried`, `failed` or `dropped_expired`.
+    /// `latchkey_email_jobs_total{kind,outcome}`; kind `otp`, `reset_link` or `notice`,
+    /// outcome `sent`, `retried`, `failed` or `dropped_expired`.
     pub email_jobs: IntCounterVec,
+    /// `latchkey_webhook_deliveries_total{outcome}`: webhook delivery attempts by outcome,
+    /// `delivered`, `retried` (an attempt failed, another follows) or `failed` (given up).
+    pub webhook_deliveries: IntCounterVec,
     /// `latchkey_email_delivery_seconds{kind}`: from enqueue to the SMTP server's acceptance.
     pub email_delivery: HistogramVec,
     /// `latchkey_tenant_actors`: running tenant actors in this process.
@@ -50,6 +53,10 @@ impl Metrics {
             Opts::new("latchkey_email_jobs_total", "Email jobs by kind and outcome"),
             &["kind", "outcome"],
         )?;
+        let webhook_deliveries = IntCounterVec::new(
+            Opts::new("latchkey_webhook_deliveries_total", "Webhook delivery attempts by outcome"),
+            &["outcome"],
+        )?;
         let email_delivery = HistogramVec::new(
             HistogramOpts::new("latchkey_email_delivery_seconds", "Seconds from enqueue to SMTP acceptance")
                 .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
@@ -65,6 +72,7 @@ impl Metrics {
         registry.register(Box::new(otp_blocks.clone()))?;
         registry.register(Box::new(email_jobs.clone()))?;
         registry.register(Box::new(email_delivery.clone()))?;
+        registry.register(Box::new(webhook_deliveries.clone()))?;
         registry.register(Box::new(tenant_actors.clone()))?;
         registry.register(Box::new(email_queue_depth.clone()))?;
         registry.register(Box::new(password_check.clone()))?;
@@ -74,11 +82,14 @@ impl Metrics {
                 otp_verifications.with_label_values(&[method, outcome]);
             }
         }
-        for kind in ["otp", "reset_link"] {
+        for kind in ["otp", "reset_link", "notice"] {
             for outcome in ["sent", "retried", "failed", "dropped_expired"] {
                 email_jobs.with_label_values(&[kind, outcome]);
             }
             email_delivery.with_label_values(&[kind]);
+        }
+        for outcome in ["delivered", "retried", "failed"] {
+            webhook_deliveries.with_label_values(&[outcome]);
         }
         Ok(Self {
             registry,
@@ -86,6 +97,7 @@ impl Metrics {
             otp_blocks,
             email_jobs,
             email_delivery,
+            webhook_deliveries,
             tenant_actors,
             email_queue_depth,
             password_check,
@@ -112,6 +124,7 @@ mod tests {
             "latchkey_email_delivery_seconds",
             "latchkey_tenant_actors",
             "latchkey_otp_blocks_total",
+            "latchkey_webhook_deliveries_total",
         ] {
             assert!(text.contains(name), "{name}");
         }

@@ -54,6 +54,43 @@ pub struct MailConfig {
     pub claim_lease: Duration,
     /// How often an idle worker looks for new jobs.
     pub poll_interval: Duration,
+    /// How often the sweep looks for deliveries that are due and not in flight
+    /// (`LATCHKEY_DELIVERY_SWEEP_MS`). A retry due sooner than this is waited for by the
+    /// worker holding the delivery; a later one is left to the sweep.
+    pub sweep_interval: Duration,
+    /// How long a queued delivery counts as in flight before the sweep queues it again
+    /// (`LATCHKEY_DELIVERY_REQUEUE_MS`).
+    pub requeue: Duration,
+    /// Webhook deliveries.
+    pub webhooks: WebhookConfig,
+}
+
+/// How webhook deliveries are made (DESIGN.md 5.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// Wait before the first retry (`LATCHKEY_WEBHOOK_RETRY_INITIAL_MS`); doubles per retry.
+    pub retry_initial: Duration,
+    /// Cap of the retry wait (`LATCHKEY_WEBHOOK_RETRY_MAX_SECS`).
+    pub retry_max: Duration,
+    /// Attempts before a delivery is `failed` (`LATCHKEY_WEBHOOK_MAX_ATTEMPTS`).
+    pub max_attempts: u32,
+    /// Whole-request timeout of one attempt (10 s).
+    pub timeout: Duration,
+    /// The URL and address rules (`LATCHKEY_WEBHOOK_ALLOW_HTTP`, `…_ALLOW_PRIVATE`).
+    pub policy: latchkey_core::webhook::UrlPolicy,
+}
+
+impl WebhookConfig {
+    /// The webhook settings of the product configuration.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            retry_initial: Duration::from_millis(config.webhook_retry_initial_ms.max(1)),
+            retry_max: Duration::from_secs(config.webhook_retry_max_secs.max(1)),
+            max_attempts: config.webhook_max_attempts.max(1),
+            timeout: Duration::from_secs(10),
+            policy: config.webhook_policy(),
+        }
+    }
 }
 
 impl MailConfig {
@@ -76,6 +113,9 @@ impl MailConfig {
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             claim_lease: Duration::from_secs(60),
             poll_interval: Duration::from_millis(25),
+            sweep_interval: Duration::from_millis(config.delivery_sweep_ms.max(1)),
+            requeue: config.delivery_requeue().to_std().unwrap_or(Duration::from_secs(3)),
+            webhooks: WebhookConfig::from_config(config),
         }
     }
 
@@ -90,7 +130,8 @@ impl MailConfig {
     }
 
     /// A configuration writing to `transport`, with short retry delays (10 ms doubling up to
-    /// 200 ms) and a fast poll, for tests.
+    /// 200 ms), a fast poll and sweep (50 ms, re-queueing after 1 s), and webhooks to plain
+    /// http on loopback allowed, for tests.
     pub fn for_test(transport: TransportConfig) -> Self {
         Self {
             transport,
@@ -103,6 +144,15 @@ impl MailConfig {
             shutdown_timeout: Duration::from_secs(5),
             claim_lease: Duration::from_secs(60),
             poll_interval: Duration::from_millis(25),
+            sweep_interval: Duration::from_millis(50),
+            requeue: Duration::from_millis(1000),
+            webhooks: WebhookConfig {
+                retry_initial: Duration::from_millis(10),
+                retry_max: Duration::from_millis(200),
+                max_attempts: 4,
+                timeout: Duration::from_secs(2),
+                policy: latchkey_core::webhook::UrlPolicy { allow_http: true, allow_private: true },
+            },
         }
     }
 }

@@ -1,134 +1,107 @@
-//! Delivering one job: unseal, check it is still wanted, claim the delivery, send, record.
+//! Delivering one job: read the delivery row, open its message, check it is still wanted,
+//! claim it, send it, record the outcome.
 //!
 //! ```text
-//!   unseal ──fail──▶ failed (no retry)
-//!     │
-//!     ▼
-//!   ┌▶ expired? ──yes──▶ dropped_expired (claim → Dropped), never sent
-//!   │    │ no
-//!   │    ▼
-//!   │  claim(delivery, lease) ──lost──▶ Sent/Dropped: done (a copy already handled it)
-//!   │    │ won                           Sending: another copy is at it → wait, re-check
-//!   │    ▼                               missing: failed (unknown delivery)
-//!   │  code/token live? ──no──▶ Dropped, dropped_expired
-//!   │    │ yes
-//!   │    ▼
-//!   │  SMTP send ──ok──▶ Sent, `sent`, delivery latency observed
-//!   │    │ error
-//!   │    ▼
-//!   │  back to Pending, `retried`
-//!   └── wait: retry_initial, doubling, capped at retry_max (and at the expiry)
+//!   row ──missing──▶ done (a purged row or a foreign job)      final state ──▶ done (a copy)
+//!    │
+//!    ▼
+//!   open the sealed payload ──fail──▶ failed (never retried)
+//!    │
+//!    ▼
+//!  ┌▶ expired? ──yes──▶ dropped, `dropped_expired`: never sent late
+//!  │   │ no
+//!  │   ▼
+//!  │  claim ──lost──▶ done: another worker holds it, or it is not due yet (the sweep brings
+//!  │   │ won          it back when it is)
+//!  │   ▼
+//!  │  code/token live? ──no──▶ dropped, `dropped_expired`
+//!  │   │ yes
+//!  │   ▼
+//!  │  send ──ok──▶ sent, `sent`, delivery latency observed
+//!  │   │ refused for good ──▶ failed
+//!  │   │ transient error: `retried`, rescheduled (retry_initial, doubling, capped at retry_max)
+//!  │   ▼
+//!  └── the retry is due within a sweep interval: wait for it here, holding the row;
+//!      later: leave it to the sweep (the job ends, the row is the record)
 //! ```
 //!
-//! **Why the retry loop lives in the handler** rather than in apalis' retry layer or backend
-//! rescheduling: the product rule is "retry until the code expires" — a deadline, not a number
-//! of attempts — with a first retry within a second. apalis' tower retry counts attempts, and
-//! backend rescheduling (SQLite `run_at`, Redis scheduled set) has one-second resolution and
-//! its own fixed backoff. Looping here gives exactly the wanted schedule, is tested with
-//! millisecond delays, and stops at the deadline. The job stays claimed by this worker in the
-//! backend while it waits (the worker's heartbeat keeps it), and a shutdown interrupts the
-//! wait: the job is handed back to the backend as failed-retryable and picked up again later.
+//! **The row is the record, the job is a wake-up call.** Every decision is taken on the
+//! `deliveries` row, never on the job: a job that vanished is re-queued by the sweep, a
+//! duplicate finds the row claimed or finished and stops. A worker never holds a job slot for
+//! longer than one sweep interval of waiting, so retries of one delivery (a mail server down,
+//! a webhook endpoint failing) cannot starve the others; waits that long keep the first retry
+//! of a mail within a second at the default settings.
 //!
-//! **At most one message per job**: the `mail_deliveries` row is claimed (conditional update)
-//! before sending and marked `Sent` after the server accepted; any copy of the job (retry,
-//! redelivery after a crash, duplicate push) finds it `Sent` and stops. Only a worker that
-//! dies between the server's acceptance and the `Sent` mark leaves a claim that a copy may
-//! take over after the lease — the unavoidable at-least-once window of SMTP.
+//! **At most one message per delivery**: the row is claimed (conditional update) before
+//! sending and marked `sent` after the server accepted. Only a worker that dies between the
+//! server's acceptance and the mark leaves a claim that another may take over once its lease
+//! has run out — the unavoidable at-least-once window of SMTP.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use latchkey_core::metrics::Metrics;
 use latchkey_core::{Clock, DeliveryId, Keys};
 use latchkey_store::Store;
-use latchkey_store::repo::deliveries::{self, DeliveryState};
+use latchkey_store::repo::deliveries::{self, Attempt, Delivery, DeliveryKind, DeliveryState};
 use latchkey_store::repo::{email_codes, reset_tokens};
-use latchkey_tenant::outbox::job_aad;
+use latchkey_tenant::outbox::{MailPayload, open_payload};
 use lettre::message::Mailbox;
 use tokio::sync::watch;
-use zeroize::Zeroizing;
 
 use crate::config::MailConfig;
 use crate::error::MailError;
 use crate::message::{self, Rendered};
-use crate::queue::WireJob;
 use crate::transport::{Accepted, Mailer};
+use crate::webhook::Webhooks;
 
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    /// The server accepted the message.
+    /// Delivered: the server accepted the message, or the endpoint answered 2xx.
     Sent,
     /// Not sent: expired, or the code/token is no longer live.
     Dropped,
-    /// Nothing to do: the delivery was already sent or dropped (a copy of this job).
+    /// Nothing to do: the delivery is finished, held by another worker, or not due yet.
     AlreadyHandled,
     /// Permanent failure, never retried.
     Failed(&'static str),
-    /// Shutdown interrupted the wait between two attempts; the job should be retried later.
+    /// A retry is due later than this worker waits: the sweep will bring it back.
+    Deferred,
+    /// Shutdown interrupted the wait between two attempts; the row was released to the sweep.
     Interrupted,
-}
-
-/// The job's kind as the metrics label it.
-fn kind(job: &WireJob) -> &'static str {
-    match job {
-        WireJob::EmailOtp(_) => "otp",
-        WireJob::ResetLink(_) => "reset_link",
-    }
-}
-
-/// What the handler needs of a job, whatever its kind.
-struct Parts<'a> {
-    delivery: DeliveryId,
-    to: &'a str,
-    tenant: &'a str,
-    sealed: &'a str,
-    expires_at: DateTime<Utc>,
-    enqueued_at: DateTime<Utc>,
-}
-
-fn parts(job: &WireJob) -> Parts<'_> {
-    match job {
-        WireJob::EmailOtp(j) => Parts {
-            delivery: j.delivery_id,
-            to: &j.to,
-            tenant: &j.tenant_name,
-            sealed: &j.sealed_code,
-            expires_at: j.expires_at,
-            enqueued_at: j.enqueued_at,
-        },
-        WireJob::ResetLink(j) => Parts {
-            delivery: j.delivery_id,
-            to: &j.to,
-            tenant: &j.tenant_name,
-            sealed: &j.sealed_token,
-            expires_at: j.expires_at,
-            enqueued_at: j.enqueued_at,
-        },
-    }
 }
 
 /// Delivers jobs; shared by every concurrent job of a worker.
 pub(crate) struct Deliverer {
-    store: Store,
-    keys: Keys,
-    metrics: Metrics,
-    clock: Arc<dyn Clock>,
+    pub(crate) store: Store,
+    pub(crate) keys: Keys,
+    pub(crate) metrics: Metrics,
+    pub(crate) clock: Arc<dyn Clock>,
     mailer: Mailer,
     from: Mailbox,
     public_url: String,
     retry_initial: Duration,
     retry_max: Duration,
-    lease: chrono::Duration,
+    pub(crate) lease: chrono::Duration,
+    /// The longest wait for a retry a worker sits through (one sweep interval).
+    pub(crate) hold: Duration,
+    /// How long past its due time a held row stays reserved for its holder.
+    pub(crate) requeue: chrono::Duration,
+    webhooks: Webhooks,
 }
 
 impl std::fmt::Debug for Deliverer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deliverer").field("mailer", &self.mailer).finish_non_exhaustive()
     }
+}
+
+/// `initial`, doubled per attempt after the first, capped at `max`.
+pub(crate) fn backoff(initial: Duration, max: Duration, attempts: i32) -> Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(1)).unwrap_or(0).min(30);
+    initial.saturating_mul(1u32 << doublings).min(max)
 }
 
 impl Deliverer {
@@ -145,6 +118,7 @@ impl Deliverer {
         let from: Mailbox = config.from.trim().parse().map_err(|_| MailError::From(config.from.clone()))?;
         let mailer = Mailer::new(&config.transport, config.smtp_timeout)?;
         let lease = chrono::Duration::from_std(config.claim_lease).unwrap_or(chrono::Duration::seconds(60));
+        let requeue = chrono::Duration::from_std(config.requeue).unwrap_or(chrono::Duration::seconds(3));
         Ok(Self {
             store,
             keys,
@@ -156,219 +130,268 @@ impl Deliverer {
             retry_initial: config.retry_initial.max(Duration::from_millis(1)),
             retry_max: config.retry_max.max(config.retry_initial),
             lease,
+            hold: config.sweep_interval,
+            requeue,
+            webhooks: Webhooks::new(&config.webhooks),
         })
     }
 
-    fn count(&self, kind: &str, outcome: &str) {
-        self.metrics.email_jobs.with_label_values(&[kind, outcome]).inc();
+    fn count(&self, kind: DeliveryKind, outcome: &str) {
+        self.metrics.email_jobs.with_label_values(&[kind.as_str(), outcome]).inc();
     }
 
-    /// Opens the job's sealed code or token.
-    fn unseal(&self, job: &WireJob) -> Result<Zeroizing<String>, &'static str> {
-        let p = parts(job);
-        let sealed = Zeroizing::new(STANDARD.decode(p.sealed.as_bytes()).map_err(|_| "sealed value is not base64")?);
-        let opened = self.keys.open(&sealed, &job_aad(p.delivery)).map_err(|_| "sealed value cannot be opened")?;
-        let text = std::str::from_utf8(&opened).map_err(|_| "sealed value is not text")?;
-        let valid = match job {
-            WireJob::EmailOtp(_) => text.len() == 6 && text.bytes().all(|b| b.is_ascii_digit()),
-            WireJob::ResetLink(_) => !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic()),
+    /// Delivers the row `id` (see the module doc). `stop` turning `true` interrupts a wait
+    /// between two attempts (never a send in progress).
+    pub(crate) async fn deliver(&self, id: DeliveryId, stop: &mut watch::Receiver<bool>) -> Outcome {
+        let row = match self.store.run(move |c| deliveries::get(c, id)).await {
+            Ok(Some(row)) => row,
+            Ok(None) => {
+                tracing::warn!(delivery = %id, "job for an unknown delivery: ignored");
+                return Outcome::AlreadyHandled;
+            }
+            Err(e) => {
+                // The sweep queues it again once its lease has run out.
+                tracing::warn!(delivery = %id, error = %e, "cannot read the delivery; the sweep will retry it");
+                return Outcome::AlreadyHandled;
+            }
         };
-        if !valid {
-            return Err("sealed value has the wrong shape");
+        if row.state.is_final() {
+            tracing::debug!(delivery = %id, "delivery already handled");
+            return Outcome::AlreadyHandled;
         }
-        Ok(Zeroizing::new(text.to_owned()))
-    }
-
-    fn render(&self, job: &WireJob, secret: &str) -> Rendered {
-        let p = parts(job);
-        let valid_for = p.expires_at - p.enqueued_at;
-        match job {
-            WireJob::EmailOtp(_) => message::otp(p.tenant, secret, valid_for),
-            WireJob::ResetLink(_) => {
-                message::reset_link(p.tenant, &message::reset_url(&self.public_url, secret), valid_for)
-            }
+        match row.kind {
+            DeliveryKind::Webhook => self.webhooks.deliver(self, row, stop).await,
+            _ => self.deliver_mail(row, stop).await,
         }
     }
 
-    /// Whether the job's code or token can still be used at `now`.
-    async fn is_live(&self, job: &WireJob, now: DateTime<Utc>) -> Result<bool, String> {
-        let r = match job {
-            WireJob::EmailOtp(j) => {
-                let id = j.code_id;
-                self.store.run(move |c| email_codes::is_live(c, id, now)).await
+    /// Ends a delivery; retried a few times because a lost `sent` mark is what could let a
+    /// copy send again.
+    pub(crate) async fn finish(&self, id: DeliveryId, state: DeliveryState, attempt: Attempt) {
+        for n in 0..3u32 {
+            let now = self.clock.now();
+            let a = attempt.clone();
+            match self.store.run(move |c| deliveries::finish(c, id, state, &a, now)).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(delivery = %id, ?state, attempt = n, error = %e, "could not record a delivery state");
+                    tokio::time::sleep(Duration::from_millis(100 << n)).await;
+                }
             }
-            WireJob::ResetLink(j) => {
-                let id = j.token_id;
-                self.store.run(move |c| reset_tokens::is_live(c, id, now)).await
-            }
+        }
+    }
+
+    /// Claims the row for an attempt; `held`: this worker rescheduled it and waited for the
+    /// retry itself.
+    pub(crate) async fn claim(&self, id: DeliveryId, now: DateTime<Utc>, held: bool) -> Result<bool, String> {
+        let lease = self.lease;
+        let r = if held {
+            self.store.run(move |c| deliveries::claim_held(c, id, now, lease)).await
+        } else {
+            self.store.run(move |c| deliveries::claim(c, id, now, lease)).await
         };
         r.map_err(|e| e.to_string())
     }
 
-    async fn claim(&self, id: DeliveryId, now: DateTime<Utc>) -> Result<bool, String> {
-        let lease = self.lease;
-        self.store.run(move |c| deliveries::claim(c, id, now, lease)).await.map_err(|e| e.to_string())
-    }
-
-    async fn state(&self, id: DeliveryId) -> Result<Option<DeliveryState>, String> {
-        self.store.run(move |c| deliveries::get(c, id)).await.map(|r| r.map(|(s, _)| s)).map_err(|e| e.to_string())
-    }
-
-    /// Records the end state of a delivery this worker holds; retried a few times because a
-    /// lost `Sent` mark is what could let a copy send again.
-    async fn finish(&self, id: DeliveryId, state: DeliveryState) {
-        for attempt in 0..3u32 {
-            let now = self.clock.now();
-            match self.store.run(move |c| deliveries::finish(c, id, state, now)).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(delivery = %id, ?state, attempt, error = %e, "could not record a delivery state");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-                }
-            }
-        }
-    }
-
-    /// Ends a job past its expiry: it is never sent.
-    async fn expire(&self, job: &WireJob, kind: &'static str) -> Outcome {
-        let id = parts(job).delivery;
-        match self.claim(id, self.clock.now()).await {
-            Ok(true) => self.finish(id, DeliveryState::Dropped).await,
-            Ok(false) => match self.state(id).await {
-                Ok(None) => {
-                    self.count(kind, "failed");
-                    tracing::error!(delivery = %id, kind, "email job for an unknown delivery");
-                    return Outcome::Failed("unknown delivery");
-                }
-                Ok(Some(DeliveryState::Sent | DeliveryState::Dropped)) => {
-                    return Outcome::AlreadyHandled;
-                }
-                // Held by another worker (or a crashed claim): that worker checks the expiry too.
-                Ok(Some(DeliveryState::Pending | DeliveryState::Sending)) | Err(_) => {}
-            },
+    /// After a failed attempt: schedules the next one after `delay`. A delay within one sweep
+    /// interval is waited for here (`Some(wait)`), holding the row; a longer one is left to the
+    /// sweep (`None`). When the row cannot be written, the sweep recovers it once the claim's
+    /// lease has run out.
+    pub(crate) async fn reschedule(&self, id: DeliveryId, delay: Duration, attempt: Attempt) -> Option<Duration> {
+        let now = self.clock.now();
+        let next = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+        let wait_here = delay <= self.hold;
+        let hold_until = if wait_here { next + self.requeue } else { now };
+        match self.store.run(move |c| deliveries::reschedule(c, id, next, hold_until, &attempt, now)).await {
+            Ok(()) => wait_here.then_some(delay),
             Err(e) => {
-                tracing::warn!(delivery = %id, error = %e, "could not record an expired delivery")
+                tracing::warn!(delivery = %id, error = %e, "could not reschedule a delivery; the sweep will retry it");
+                None
             }
         }
-        self.count(kind, "dropped_expired");
-        tracing::info!(delivery = %id, kind, "email job expired before it could be sent: dropped");
-        Outcome::Dropped
     }
 
-    /// Gives up a job that can never be sent, marking its delivery dropped when we can claim it.
-    async fn fail(&self, job: &WireJob, kind: &'static str, reason: &'static str) -> Outcome {
-        let id = parts(job).delivery;
-        if let Ok(true) = self.claim(id, self.clock.now()).await {
-            self.finish(id, DeliveryState::Dropped).await;
+    /// Waits `wait` unless shutdown comes first; then the row is released to the sweep.
+    pub(crate) async fn wait(&self, id: DeliveryId, wait: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        // `None`: slept; `Some(true)`: shutdown; `Some(false)`: nobody can ask for a shutdown.
+        let stopped = tokio::select! {
+            () = &mut sleep => None,
+            r = stop.wait_for(|stop| *stop) => Some(r.is_ok()),
+        };
+        match stopped {
+            None => return true,
+            Some(false) => {
+                sleep.await;
+                return true;
+            }
+            Some(true) => {}
         }
-        self.count(kind, "failed");
-        tracing::error!(delivery = %id, kind, reason, "email job failed permanently");
+        let now = self.clock.now();
+        if let Err(e) = self.store.run(move |c| deliveries::release(c, id, now)).await {
+            tracing::warn!(delivery = %id, error = %e, "could not release a delivery; its hold runs out by itself");
+        }
+        tracing::info!(delivery = %id, "shutting down: delivery left to the sweep");
+        false
+    }
+
+    fn render(&self, row: &Delivery, payload: &MailPayload) -> Result<Rendered, String> {
+        let valid_for = row.expires_at.map_or(chrono::Duration::zero(), |e| e - row.created_at);
+        Ok(match payload {
+            MailPayload::Otp { tenant_name, code, .. } => message::otp(tenant_name, code, valid_for),
+            MailPayload::ResetLink { tenant_name, token, .. } => {
+                message::reset_link(tenant_name, &message::reset_url(&self.public_url, token), valid_for)
+            }
+            MailPayload::Notice(n) => message::notice(n).map_err(|e| e.to_string())?,
+        })
+    }
+
+    /// Whether the mail's code or token can still be used at `now` (a notice always can).
+    async fn is_live(&self, live: Live, now: DateTime<Utc>) -> Result<bool, String> {
+        let r = match live {
+            Live::Code(id) => self.store.run(move |c| email_codes::is_live(c, id, now)).await,
+            Live::Token(id) => self.store.run(move |c| reset_tokens::is_live(c, id, now)).await,
+            Live::Always => Ok(true),
+        };
+        r.map_err(|e| e.to_string())
+    }
+
+    /// Ends a delivery that can never be sent.
+    async fn fail(&self, row: &Delivery, reason: &'static str) -> Outcome {
+        if let Ok(true) = self.claim(row.id, self.clock.now(), false).await {
+            self.finish(row.id, DeliveryState::Failed, Attempt { status: None, error: Some(reason.to_owned()) }).await;
+        }
+        self.count(row.kind, "failed");
+        tracing::error!(delivery = %row.id, kind = row.kind.as_str(), reason, "email delivery failed permanently");
         Outcome::Failed(reason)
     }
 
-    /// Delivers `job` (see the module doc). `stop` turning `true` interrupts a wait between
-    /// two attempts (never a send in progress).
-    pub(crate) async fn deliver(&self, job: &WireJob, stop: &mut watch::Receiver<bool>) -> Outcome {
-        let kind = kind(job);
-        let p = parts(job);
-        let id = p.delivery;
-        let secret = match self.unseal(job) {
-            Ok(s) => s,
-            Err(reason) => return self.fail(job, kind, reason).await,
+    /// Ends a delivery past its expiry: it is never sent.
+    async fn expire(&self, row: &Delivery) -> Outcome {
+        let now = self.clock.now();
+        // Only when this worker can claim it: a holder checks the expiry itself.
+        match self.claim(row.id, now, false).await {
+            Ok(true) => self.finish(row.id, DeliveryState::Dropped, Attempt::default()).await,
+            Ok(false) => return Outcome::AlreadyHandled,
+            Err(e) => tracing::warn!(delivery = %row.id, error = %e, "could not record an expired delivery"),
+        }
+        self.count(row.kind, "dropped_expired");
+        tracing::info!(delivery = %row.id, kind = row.kind.as_str(), "email expired before it could be sent: dropped");
+        Outcome::Dropped
+    }
+
+    async fn deliver_mail(&self, row: Delivery, stop: &mut watch::Receiver<bool>) -> Outcome {
+        let kind = row.kind;
+        let id = row.id;
+        let Some(sealed) = row.payload.as_deref() else {
+            return self.fail(&row, "mail delivery without a payload").await;
         };
-        let rendered = self.render(job, &secret);
-        drop(secret);
-        let message = match message::build(&self.from, p.to, id, &rendered) {
+        let payload = match open_payload(&self.keys, id, sealed) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(delivery = %id, error = %e, "cannot open a mail delivery");
+                return self.fail(&row, "sealed payload cannot be opened").await;
+            }
+        };
+        let message = match self
+            .render(&row, &payload)
+            .and_then(|r| message::build(&self.from, payload.to(), id, &r).map_err(|e| e.to_string()))
+        {
             Ok(m) => m,
             Err(e) => {
-                tracing::error!(delivery = %id, kind, error = %e, "cannot build the message");
-                return self.fail(job, kind, "cannot build the message").await;
+                tracing::error!(delivery = %id, kind = kind.as_str(), error = %e, "cannot build the message");
+                return self.fail(&row, "cannot build the message").await;
             }
         };
-        drop(rendered);
-        let to = latchkey_core::email::mask(p.to);
+        let to = latchkey_core::email::mask(payload.to());
+        let live = Live::of(&payload);
+        drop(payload);
 
-        let mut delay = self.retry_initial;
+        let mut held = false;
+        let mut attempts = row.attempts;
         loop {
             let now = self.clock.now();
-            if p.expires_at <= now {
-                return self.expire(job, kind).await;
+            if row.expires_at.is_some_and(|e| e <= now) {
+                return self.expire(&row).await;
             }
-            match self.claim(id, now).await {
-                Ok(true) => match self.is_live(job, now).await {
-                    Ok(false) => {
-                        self.finish(id, DeliveryState::Dropped).await;
-                        self.count(kind, "dropped_expired");
-                        tracing::info!(delivery = %id, kind, "code or link no longer valid: email dropped");
-                        return Outcome::Dropped;
-                    }
-                    Err(e) => {
-                        tracing::warn!(delivery = %id, kind, error = %e, "cannot check the code; will retry");
-                        self.finish(id, DeliveryState::Pending).await;
-                    }
-                    Ok(true) => match self.mailer.send(message.clone()).await {
-                        Ok(accepted) => {
-                            self.finish(id, DeliveryState::Sent).await;
-                            self.count(kind, "sent");
-                            let latency = (self.clock.now() - p.enqueued_at).num_milliseconds().max(0);
-                            #[allow(clippy::cast_precision_loss)] // milliseconds far below 2^52
-                            self.metrics.email_delivery.with_label_values(&[kind]).observe(latency as f64 / 1000.0);
-                            match accepted {
-                                Accepted::Smtp => {
-                                    tracing::info!(delivery = %id, kind, %to, "email sent")
-                                }
-                                Accepted::File(file) => {
-                                    tracing::info!(delivery = %id, kind, %to, file = %file.display(), "email written to the outbox")
-                                }
-                            }
-                            return Outcome::Sent;
-                        }
-                        Err(e) if e.permanent => {
-                            self.finish(id, DeliveryState::Dropped).await;
-                            self.count(kind, "failed");
-                            tracing::error!(delivery = %id, kind, error = %e, "the mail server refused the email for good");
-                            return Outcome::Failed("refused by the mail server");
-                        }
-                        Err(e) => {
-                            self.finish(id, DeliveryState::Pending).await;
-                            self.count(kind, "retried");
-                            tracing::warn!(delivery = %id, kind, error = %e, retry_in_ms = delay.as_millis(), "email delivery failed; will retry");
-                        }
-                    },
-                },
-                Ok(false) => match self.state(id).await {
-                    Ok(None) => {
-                        self.count(kind, "failed");
-                        tracing::error!(delivery = %id, kind, "email job for an unknown delivery");
-                        return Outcome::Failed("unknown delivery");
-                    }
-                    Ok(Some(DeliveryState::Sent | DeliveryState::Dropped)) => {
-                        tracing::debug!(delivery = %id, kind, "delivery already handled");
-                        return Outcome::AlreadyHandled;
-                    }
-                    // Another copy holds the claim (or held it and crashed: the lease will run
-                    // out), or it was released between our two reads: look again later.
-                    Ok(Some(DeliveryState::Sending | DeliveryState::Pending)) => {}
-                    Err(e) => {
-                        tracing::warn!(delivery = %id, kind, error = %e, "cannot read the delivery; will retry")
-                    }
-                },
+            match self.claim(id, now, held).await {
+                Ok(true) => attempts += 1,
+                Ok(false) => {
+                    tracing::debug!(delivery = %id, kind = kind.as_str(), "delivery held elsewhere, finished or not due");
+                    return Outcome::AlreadyHandled;
+                }
                 Err(e) => {
-                    tracing::warn!(delivery = %id, kind, error = %e, "cannot claim the delivery; will retry")
+                    tracing::warn!(delivery = %id, error = %e, "cannot claim the delivery; the sweep will retry it");
+                    return Outcome::AlreadyHandled;
                 }
             }
+            let failure = match self.is_live(live, now).await {
+                Ok(false) => {
+                    self.finish(id, DeliveryState::Dropped, Attempt::default()).await;
+                    self.count(kind, "dropped_expired");
+                    tracing::info!(delivery = %id, kind = kind.as_str(), "code or link no longer valid: email dropped");
+                    return Outcome::Dropped;
+                }
+                Err(e) => format!("cannot check the code: {e}"),
+                Ok(true) => match self.mailer.send(message.clone()).await {
+                    Ok(accepted) => {
+                        self.finish(id, DeliveryState::Sent, Attempt::default()).await;
+                        self.count(kind, "sent");
+                        let latency = (self.clock.now() - row.created_at).num_milliseconds().max(0);
+                        #[allow(clippy::cast_precision_loss)] // milliseconds far below 2^52
+                        self.metrics
+                            .email_delivery
+                            .with_label_values(&[kind.as_str()])
+                            .observe(latency as f64 / 1000.0);
+                        match accepted {
+                            Accepted::Smtp => tracing::info!(delivery = %id, kind = kind.as_str(), %to, "email sent"),
+                            Accepted::File(file) => {
+                                tracing::info!(delivery = %id, kind = kind.as_str(), %to, file = %file.display(), "email written to the outbox")
+                            }
+                        }
+                        return Outcome::Sent;
+                    }
+                    Err(e) if e.permanent => {
+                        let attempt = Attempt { status: None, error: Some(e.reason.clone()) };
+                        self.finish(id, DeliveryState::Failed, attempt).await;
+                        self.count(kind, "failed");
+                        tracing::error!(delivery = %id, kind = kind.as_str(), error = %e, "the mail server refused the email for good");
+                        return Outcome::Failed("refused by the mail server");
+                    }
+                    Err(e) => e.reason,
+                },
+            };
+            self.count(kind, "retried");
+            let delay = backoff(self.retry_initial, self.retry_max, attempts);
+            tracing::warn!(delivery = %id, kind = kind.as_str(), error = %failure, retry_in_ms = delay.as_millis(), "email delivery failed; will retry");
+            let attempt = Attempt { status: None, error: Some(failure) };
+            let Some(wait) = self.reschedule(id, delay, attempt).await else { return Outcome::Deferred };
+            // Not past the expiry: then it is dropped at once.
+            let until_expiry =
+                row.expires_at.map_or(wait, |e| (e - self.clock.now()).to_std().unwrap_or(Duration::ZERO));
+            if !self.wait(id, wait.min(until_expiry.max(Duration::from_millis(1))), stop).await {
+                return Outcome::Interrupted;
+            }
+            held = true;
+        }
+    }
+}
 
-            // Wait, but not past the expiry (then the job is dropped at once).
-            let until_expiry = (p.expires_at - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
-            let wait = delay.min(until_expiry.max(Duration::from_millis(1)));
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                _ = stop.wait_for(|stop| *stop) => {
-                    tracing::info!(delivery = %id, kind, "shutting down: email job handed back to the queue");
-                    return Outcome::Interrupted;
-                }
-            }
-            delay = (delay * 2).min(self.retry_max);
+/// What keeps a mail worth sending: its code's or token's row being live.
+#[derive(Debug, Clone, Copy)]
+enum Live {
+    Code(latchkey_core::EmailCodeId),
+    Token(latchkey_core::ResetTokenId),
+    Always,
+}
+
+impl Live {
+    fn of(payload: &MailPayload) -> Self {
+        match payload {
+            MailPayload::Otp { code_id, .. } => Live::Code(*code_id),
+            MailPayload::ResetLink { token_id, .. } => Live::Token(*token_id),
+            MailPayload::Notice(_) => Live::Always,
         }
     }
 }

@@ -23,12 +23,13 @@ mod error;
 mod message;
 mod queue;
 mod transport;
+mod webhook;
 mod worker;
 
 #[cfg(test)]
 mod tests;
 
-pub use config::{MailConfig, TransportConfig};
+pub use config::{MailConfig, TransportConfig, WebhookConfig};
 pub use error::MailError;
 pub use queue::{DEFAULT_NAMESPACE, EMBEDDED_QUEUE_FILE, MailQueue};
 pub use transport::check_outbox;

@@ -1,14 +1,22 @@
-//! The two messages Latchkey sends, as multipart text + HTML: an emailed sign-in code and an
-//! admin's reset link. Rendering is pure (tested without a server); the tenant name is
-//! HTML-escaped in the HTML part and stripped of control characters everywhere.
+//! The messages Latchkey sends, as multipart text + HTML: an emailed sign-in code, an admin's
+//! reset link, and the notices of DESIGN.md 5.6 (their wording in the askama templates of
+//! `templates/`). Rendering is pure (tested without a server); names are HTML-escaped in the
+//! HTML part and stripped of control characters everywhere.
+//!
+//! A notice carries no code, token or link that grants access: its only link is the admins'
+//! review page under `LATCHKEY_PUBLIC_URL/ui/`, its times are to the second, and a run of
+//! exactly six digits in a user-supplied value (a name, a user agent) is split, so that no
+//! notice can be taken for a code mail.
 //!
 //! An OTP message holds exactly one run of six digits, the code: nothing else in it (dates,
 //! ids, MIME boundaries, `Message-ID`) is made of six digits in a row — the `Message-ID` and
 //! the MIME boundary are spelled in letters only — so a reader (or a test) can pick the code
 //! out with `\b\d{6}\b`.
 
+use askama::Template;
 use chrono::Duration;
 use latchkey_core::DeliveryId;
+use latchkey_tenant::outbox::{NoticeEvent, NoticeMail};
 use lettre::Message;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 
@@ -36,6 +44,39 @@ pub(crate) fn display_name(tenant: &str) -> String {
     let cleaned: String = tenant.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let words: Vec<&str> = cleaned.split_whitespace().collect();
     if words.is_empty() { "Latchkey".to_owned() } else { words.join(" ") }
+}
+
+/// A user-supplied value as a notice shows it: control and invisible formatting characters
+/// (bidi overrides, zero-width) become spaces, runs of spaces collapse, and a run of exactly
+/// six digits is split in two (`123 456`) so that it cannot pass for a code.
+pub(crate) fn shown(value: &str) -> String {
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    };
+    let cleaned: String = value.chars().map(|c| if invisible(c) { ' ' } else { c }).collect();
+    let joined = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut out = String::with_capacity(joined.len() + 4);
+    let chars: Vec<char> = joined.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let run = chars[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if run == 0 {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        let digits: String = chars[i..i + run].iter().collect();
+        if run == 6 {
+            out.push_str(&digits[..3]);
+            out.push(' ');
+            out.push_str(&digits[3..]);
+        } else {
+            out.push_str(&digits);
+        }
+        i += run;
+    }
+    out
 }
 
 /// "5 minutes", "1 minute", "1 hour", "2 hours" (rounded up to the minute; never "0").
@@ -171,6 +212,124 @@ pub(crate) fn reset_link(tenant: &str, link: &str, valid_for: Duration) -> Rende
     Rendered { html: html_page(&html_escape::encode_text(&subject), &body), subject, text }
 }
 
+/// What the notice templates see: every value already cleaned ([`shown`]).
+pub(crate) struct NoticeView {
+    subject: String,
+    kind: &'static str,
+    tenant: String,
+    name: String,
+    when: String,
+    ip: String,
+    user_agent: String,
+    method: &'static str,
+    factor: String,
+    count: u32,
+    remaining: u32,
+    new_email: String,
+    requester_name: String,
+    requester_email: String,
+    requester_role: &'static str,
+    review_url: String,
+}
+
+#[derive(Template)]
+#[template(path = "notice_subject.txt")]
+struct NoticeSubject<'a> {
+    v: &'a NoticeView,
+}
+
+#[derive(Template)]
+#[template(path = "notice.txt")]
+struct NoticeText<'a> {
+    v: &'a NoticeView,
+}
+
+#[derive(Template)]
+#[template(path = "notice.html")]
+struct NoticeHtml<'a> {
+    v: &'a NoticeView,
+}
+
+/// How a method reads in a notice.
+fn method_label(method: latchkey_core::Method) -> &'static str {
+    match method.as_str() {
+        "authenticator" => "authenticator app",
+        "email" => "email codes",
+        "webauthn" => "passkey or security key",
+        _ => "second factor",
+    }
+}
+
+impl NoticeView {
+    fn of(n: &NoticeMail) -> Self {
+        let mut v = NoticeView {
+            subject: String::new(),
+            kind: "",
+            tenant: shown(&display_name(&n.tenant_name)),
+            name: shown(&n.recipient_name),
+            // To the second, never a fraction (DESIGN.md 5.6).
+            when: n.at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            ip: n.ip.as_deref().map(shown).unwrap_or_default(),
+            user_agent: n.user_agent.as_deref().map(shown).unwrap_or_default(),
+            method: "",
+            factor: String::new(),
+            count: 0,
+            remaining: 0,
+            new_email: String::new(),
+            requester_name: String::new(),
+            requester_email: String::new(),
+            requester_role: "",
+            review_url: String::new(),
+        };
+        v.kind = match &n.what {
+            NoticeEvent::MethodEnrolled { method } => {
+                v.method = method_label(*method);
+                "method_enrolled"
+            }
+            NoticeEvent::FactorRemoved { factor } => {
+                v.factor = shown(factor);
+                "factor_removed"
+            }
+            NoticeEvent::RecoveryCodesGenerated { count } => {
+                v.count = *count;
+                "recovery_codes_generated"
+            }
+            NoticeEvent::RecoveryCodeUsed { remaining } => {
+                v.remaining = *remaining;
+                "recovery_code_used"
+            }
+            NoticeEvent::TrustedDeviceCreated => "trusted_device_created",
+            NoticeEvent::RecoveryApproved => "recovery_approved",
+            NoticeEvent::RecoveryDismissed => "recovery_dismissed",
+            NoticeEvent::ResetLinkUsed => "reset_link_used",
+            NoticeEvent::PasswordChanged => "password_changed",
+            NoticeEvent::EmailChanged { new_email_masked } => {
+                v.new_email = shown(new_email_masked);
+                "email_changed"
+            }
+            NoticeEvent::RecoveryRequested { requester_name, requester_email, requester_role, review_url } => {
+                v.requester_name = shown(requester_name);
+                v.requester_email = shown(requester_email);
+                v.requester_role = requester_role.as_str();
+                v.review_url = review_url.clone();
+                "recovery_requested"
+            }
+        };
+        v
+    }
+}
+
+/// The message of a notice.
+///
+/// Errors: a template that fails to render (a bug: the templates are checked at compile time).
+pub(crate) fn notice(n: &NoticeMail) -> Result<Rendered, askama::Error> {
+    let mut view = NoticeView::of(n);
+    view.subject = NoticeSubject { v: &view }.render()?.trim().to_owned();
+    let text = wrap(NoticeText { v: &view }.render()?.trim_end());
+    let html = wrap(NoticeHtml { v: &view }.render()?.trim_end());
+    Ok(Rendered { subject: view.subject, text: text + "\n", html: html + "\n" })
+}
+
 /// `id` spelled with letters only (each hex digit `0-f` becomes `a-p`), so neither the
 /// `Message-ID` nor the MIME boundary contains digits.
 fn letters(id: DeliveryId) -> String {
@@ -303,6 +462,114 @@ mod tests {
         assert!(wrapped.lines().all(|l| l.chars().count() <= WIDTH || l == long), "{wrapped}");
         assert!(wrapped.contains(&format!("\n{long}\n")));
         assert!(wrapped.ends_with("\n\nshort"));
+    }
+
+    fn sample(what: NoticeEvent) -> NoticeMail {
+        NoticeMail {
+            to: "old@example.com".into(),
+            recipient_name: "Grace Hopper".into(),
+            tenant_name: "Acme Support".into(),
+            tenant_slug: "acme".into(),
+            at: chrono::DateTime::parse_from_rfc3339("2026-12-01T20:31:05.123456Z")
+                .unwrap()
+                .with_timezone(&chrono::Utc),
+            ip: Some("203.0.113.9".into()),
+            user_agent: Some("Probe/123456 (X11)".into()),
+            what,
+        }
+    }
+
+    fn every_event() -> Vec<NoticeEvent> {
+        vec![
+            NoticeEvent::MethodEnrolled { method: latchkey_core::Method::Authenticator },
+            NoticeEvent::FactorRemoved { factor: "email".into() },
+            NoticeEvent::RecoveryCodesGenerated { count: 10 },
+            NoticeEvent::RecoveryCodeUsed { remaining: 9 },
+            NoticeEvent::TrustedDeviceCreated,
+            NoticeEvent::RecoveryApproved,
+            NoticeEvent::RecoveryDismissed,
+            NoticeEvent::ResetLinkUsed,
+            NoticeEvent::PasswordChanged,
+            NoticeEvent::EmailChanged { new_email_masked: "n***@example.com".into() },
+            NoticeEvent::RecoveryRequested {
+                requester_name: "Alan Agent".into(),
+                requester_email: "alan@example.com".into(),
+                requester_role: latchkey_core::Role::Agent,
+                review_url: "https://auth.example.com/ui/acme/agents?tab=requested".into(),
+            },
+        ]
+    }
+
+    /// Every URL-looking token of `text`.
+    fn urls(text: &str) -> Vec<&str> {
+        text.split(|c: char| c.is_whitespace() || c == '"' || c == '<' || c == '>')
+            .filter(|w| w.starts_with("http://") || w.starts_with("https://"))
+            .collect()
+    }
+
+    #[test]
+    fn every_notice_renders_as_text_and_html_without_a_code_or_a_foreign_link() {
+        let from: Mailbox = "Latchkey <no-reply@localhost>".parse().unwrap();
+        let mut subjects = std::collections::HashSet::new();
+        for what in every_event() {
+            let n = sample(what.clone());
+            let r = notice(&n).unwrap();
+            assert!(r.subject.starts_with("Acme Support: "), "{what:?}: {}", r.subject);
+            assert!(subjects.insert(r.subject.clone()), "each notice has its own subject: {}", r.subject);
+            for part in [&r.text, &r.html] {
+                assert!(six_digit_runs(part).is_empty(), "{what:?}: {part}");
+                assert!(part.contains("2026-12-01 20:31:05 UTC"), "to the second, no fraction: {part}");
+                assert!(part.contains("203.0.113.9") && part.contains("Probe/123 456 (X11)"), "{part}");
+                assert!(part.contains("Grace Hopper"), "{part}");
+                assert!(!part.contains("token") && !part.contains("{{") && !part.contains("{%"), "{part}");
+                for u in urls(part) {
+                    assert!(u.starts_with("https://auth.example.com/ui/acme/agents?tab=requested"), "{what:?}: {u}");
+                }
+            }
+            assert!(r.html.starts_with("<!DOCTYPE html>") && r.html.contains("lang=\"en\""));
+            let m = build(&from, &n.to, DeliveryId::new(), &r).unwrap();
+            let raw = String::from_utf8(m.formatted()).unwrap();
+            assert!(six_digit_runs(&raw).is_empty(), "headers and boundaries too: {raw}");
+        }
+        let r = notice(&sample(every_event().pop().unwrap())).unwrap();
+        for part in [&r.text, &r.html] {
+            assert!(part.contains("Alan Agent") && part.contains("alan@example.com") && part.contains("agent"));
+            assert!(part.contains("https://auth.example.com/ui/acme/agents?tab=requested"), "{part}");
+        }
+        assert!(r.html.contains("href=\"https://auth.example.com/ui/acme/agents?tab=requested\""));
+        assert!(r.subject.contains("Alan Agent"));
+        let r = notice(&sample(NoticeEvent::EmailChanged { new_email_masked: "n***@example.com".into() })).unwrap();
+        assert!(r.text.contains("n***@example.com"));
+    }
+
+    #[test]
+    fn notices_escape_names_and_keep_line_breaks_out_of_headers() {
+        let mut n = sample(NoticeEvent::RecoveryRequested {
+            requester_name: "<script>alert(1)</script>\r\nBcc: x@evil.test".into(),
+            requester_email: "a\"b@example.com".into(),
+            requester_role: latchkey_core::Role::Supervisor,
+            review_url: "https://auth.example.com/ui/acme/agents?tab=requested".into(),
+        });
+        n.tenant_name = "Evil & <b>Co</b>\r\nX-Injected: yes".into();
+        n.user_agent = Some("UA \u{202e}reversed\u{200b} 654321".into());
+        let r = notice(&n).unwrap();
+        assert!(!r.subject.contains('\n') && !r.subject.contains('\r'), "{}", r.subject);
+        assert!(!r.html.contains("<script>") && !r.html.contains("<b>Co"), "{}", r.html);
+        let decoded = html_escape::decode_html_entities(&r.html);
+        assert!(decoded.contains("<script>alert(1)</script>") && decoded.contains("Evil & <b>Co</b>"), "{decoded}");
+        assert!(r.text.contains("<script>alert(1)</script> Bcc: x@evil.test"), "text is plain: {}", r.text);
+        assert!(r.text.contains("UA reversed 654 321"), "{}", r.text);
+        let from: Mailbox = "Latchkey <no-reply@localhost>".parse().unwrap();
+        let raw = String::from_utf8(build(&from, &n.to, DeliveryId::new(), &r).unwrap().formatted()).unwrap();
+        assert!(!raw.contains("\r\nBcc:") && !raw.contains("\r\nX-Injected:"), "{raw}");
+    }
+
+    #[test]
+    fn shown_values_split_code_like_runs_only() {
+        assert_eq!(shown("a 123456 b"), "a 123 456 b");
+        assert_eq!(shown("x123456y"), "x123 456y");
+        assert_eq!(shown("12345 1234567"), "12345 1234567");
+        assert_eq!(shown(" two\n  lines\t"), "two lines");
     }
 
     #[test]

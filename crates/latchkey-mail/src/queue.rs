@@ -1,5 +1,8 @@
-//! The mail queue: one apalis queue of [`WireJob`]s (sign-in codes and reset links), on Redis
-//! or on the embedded SQLite queue, behind the [`Outbox`] trait the use-cases push through.
+//! The delivery queue: one apalis queue of [`DeliveryJob`]s (a delivery id each: a sign-in
+//! code, a reset link, a notice or a webhook delivery), on Redis or on the embedded SQLite
+//! queue, behind the [`Outbox`] trait the use-cases push through. The queue only wakes the
+//! worker: the `deliveries` table is the record of what is owed, and the worker's sweep
+//! queues again whatever the queue lost.
 //!
 //! - **Embedded** (no queue URL): apalis-sqlite in its own file, `$DATA_DIR/queue.db` — never
 //!   the diesel database: apalis' own `setup()` would switch that file to `synchronous=OFF`
@@ -10,9 +13,9 @@
 //!   defaults to `latchkey`; `?namespace=<name>` on the queue URL changes it (so tests, or
 //!   several deployments, can share one Redis without taking each other's jobs).
 //!
-//! Jobs travel as JSON (`{"type": "email_otp", …}`); the worker reads them as untyped JSON and
+//! Jobs travel as JSON (`{"delivery_id": "…"}`); the worker reads them as untyped JSON and
 //! decodes them itself, so a job it cannot read is killed and logged instead of jamming the
-//! queue. A job carries no plaintext secret (see [`latchkey_tenant::outbox`]).
+//! queue. A job carries no secret at all (see [`latchkey_tenant::outbox`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,8 +24,7 @@ use apalis::prelude::{Metrics as _, TaskSink};
 use apalis_redis::{ConnectionManager, RedisStorage};
 use apalis_sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteStorage};
 use futures::future::BoxFuture;
-use latchkey_tenant::outbox::{MailJob, Outbox, OutboxError, SendEmailOtp, SendResetLink};
-use serde::{Deserialize, Serialize};
+use latchkey_tenant::outbox::{DeliveryJob, Outbox, OutboxError};
 use serde_json::Value;
 
 use crate::error::MailError;
@@ -40,25 +42,6 @@ const SQLITE_QUEUE: &str = "latchkey:mail";
 /// considered dead and the jobs it held are re-queued by the other workers.
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const MISSED_HEARTBEATS: usize = 6;
-
-/// How a job is stored in the queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub(crate) enum WireJob {
-    /// A sign-in code.
-    EmailOtp(SendEmailOtp),
-    /// An admin reset link.
-    ResetLink(SendResetLink),
-}
-
-impl From<MailJob> for WireJob {
-    fn from(job: MailJob) -> Self {
-        match job {
-            MailJob::EmailOtp(j) => WireJob::EmailOtp(j),
-            MailJob::ResetLink(j) => WireJob::ResetLink(j),
-        }
-    }
-}
 
 /// The apalis storages, typed as untyped JSON (see the module doc).
 #[derive(Clone)]
@@ -206,11 +189,11 @@ impl MailQueue {
         }
     }
 
-    /// Queues `job` durably.
+    /// Queues `job`.
     ///
     /// Errors: [`OutboxError`] when the job cannot be encoded or the backend refuses it.
-    pub async fn push(&self, job: MailJob) -> Result<(), OutboxError> {
-        let value = serde_json::to_value(WireJob::from(job)).map_err(|e| OutboxError(format!("encode: {e}")))?;
+    pub async fn push(&self, job: DeliveryJob) -> Result<(), OutboxError> {
+        let value = serde_json::to_value(job).map_err(|e| OutboxError(format!("encode: {e}")))?;
         self.push_value(value).await
     }
 
@@ -360,7 +343,7 @@ fn purge_sqlite(path: &Path, cutoff: i64) -> Result<usize, String> {
 }
 
 impl Outbox for MailQueue {
-    fn enqueue(&self, job: MailJob) -> BoxFuture<'_, Result<(), OutboxError>> {
+    fn enqueue(&self, job: DeliveryJob) -> BoxFuture<'_, Result<(), OutboxError>> {
         Box::pin(self.push(job))
     }
 

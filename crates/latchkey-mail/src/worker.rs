@@ -31,13 +31,14 @@ use futures::{Stream, StreamExt};
 use latchkey_core::metrics::Metrics;
 use latchkey_core::{Clock, DeliveryId, Keys};
 use latchkey_store::Store;
+use latchkey_tenant::outbox::DeliveryJob;
 use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::config::MailConfig;
 use crate::deliver::{Deliverer, Outcome};
 use crate::error::MailError;
-use crate::queue::{MailQueue, Storage, WireJob};
+use crate::queue::{MailQueue, Storage};
 
 /// What every job handler of one worker instance shares.
 #[derive(Clone)]
@@ -47,13 +48,13 @@ struct JobState {
     stop: watch::Receiver<bool>,
 }
 
-/// The apalis handler: decodes the job and delivers it.
+/// The apalis handler: decodes the job and delivers its row.
 ///
-/// `Ok` for sent, dropped and already-handled jobs (done); an [`AbortError`] for permanent
-/// failures (the backend kills the job: no retry); a plain error when shutdown interrupted
-/// the job (the backend keeps it for a later attempt).
+/// `Ok` whenever the row is the record of what is left to do (sent, dropped, handled
+/// elsewhere, deferred to the sweep, released at shutdown); an [`AbortError`] for permanent
+/// failures and undecodable jobs (the backend kills the job: no retry).
 async fn handle_job(job: Value, state: Data<JobState>) -> Result<(), BoxDynError> {
-    let job: WireJob = match serde_json::from_value(job) {
+    let job: DeliveryJob = match serde_json::from_value(job) {
         Ok(job) => job,
         Err(e) => {
             // Only the position and category: the error text could quote the job.
@@ -64,11 +65,12 @@ async fn handle_job(job: Value, state: Data<JobState>) -> Result<(), BoxDynError
     let mut stop = state.stop.clone();
     // A panic ends this job, not the worker. (apalis' `catch_panic()` layer would do the
     // same, but its handler's fn-pointer type makes the worker future not provably `Send`.)
-    let delivery = std::panic::AssertUnwindSafe(state.deliverer.deliver(&job, &mut stop)).catch_unwind();
+    let delivery = std::panic::AssertUnwindSafe(state.deliverer.deliver(job.delivery_id, &mut stop)).catch_unwind();
     match delivery.await {
-        Ok(Outcome::Sent | Outcome::Dropped | Outcome::AlreadyHandled) => Ok(()),
+        Ok(Outcome::Sent | Outcome::Dropped | Outcome::AlreadyHandled | Outcome::Deferred | Outcome::Interrupted) => {
+            Ok(())
+        }
         Ok(Outcome::Failed(reason)) => Err(Box::new(AbortError::new(reason))),
-        Ok(Outcome::Interrupted) => Err("interrupted by shutdown; the job will be retried".into()),
         Err(_) => {
             tracing::error!("email job panicked: killed");
             Err(Box::new(AbortError::new("the email job panicked")))
@@ -97,9 +99,9 @@ fn worker_name(instance: u32) -> String {
 /// doc) and returns.
 ///
 /// Backend failures are logged and the worker restarted after a pause (1 s, doubling up to
-/// 30 s); they never end this function. The `email_queue_depth` gauge is refreshed every
-/// 10 s; finished jobs and finished `mail_deliveries` rows older than a day are purged every
-/// hour.
+/// 30 s); they never end this function. Alongside, the sweep queues every delivery that is
+/// due and not in flight, every `sweep_interval` ([`sweep`]); the `email_queue_depth` gauge
+/// is refreshed every 10 s; finished jobs and finished deliveries are purged every hour.
 ///
 /// Errors (at start only): an invalid `From` address or SMTP URL, or an outbox directory
 /// that cannot be created.
@@ -118,7 +120,11 @@ where
     let deliverer = Arc::new(Deliverer::new(store.clone(), keys, metrics.clone(), Arc::clone(&clock), &config)?);
     tracing::info!(queue = queue.backend_name(), transport = ?deliverer, concurrency = config.concurrency, "mail worker starting");
     let mut shutdown = pin!(shutdown.fuse());
-    let mut housekeeping = pin!(housekeeping(queue.clone(), store, metrics, clock).fuse());
+    let background = futures::future::join(
+        housekeeping(queue.clone(), store.clone(), metrics, Arc::clone(&clock)),
+        sweep(queue.clone(), store, clock, config.sweep_interval, config.requeue),
+    );
+    let mut housekeeping = pin!(background.fuse());
     let mut restart_delay = Duration::from_secs(1);
     let mut instance = 0u32;
     loop {
@@ -129,7 +135,7 @@ where
             let mut run = pin!(run_instance(&queue, &deliverer, &config, &name, shutdown.as_mut()).fuse());
             futures::select_biased! {
                 end = run => end,
-                () = housekeeping => End::Failed, // never ends
+                _ = housekeeping => End::Failed, // never ends
             }
         };
         if end == End::Shutdown || shutdown.is_terminated() {
@@ -152,9 +158,9 @@ where
 }
 
 /// Refreshes the queue depth gauge every 10 s; every hour, purges finished jobs from the queue
-/// and finished `mail_deliveries` rows, both older than a day (far beyond any job's
-/// lifetime: a copy of a job arriving later would find no delivery and fail, never send).
-/// Never ends.
+/// and finished mail deliveries, both older than a day (far beyond any job's lifetime: a copy
+/// of a job arriving later finds no delivery and stops, never sends), and webhook deliveries
+/// older than their history's retention. Never ends.
 async fn housekeeping(queue: MailQueue, store: Store, metrics: Metrics, clock: Arc<dyn Clock>) {
     const RETENTION: Duration = Duration::from_secs(86_400);
     let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -171,13 +177,64 @@ async fn housekeeping(queue: MailQueue, store: Store, metrics: Metrics, clock: A
                 Ok(n) => tracing::debug!(purged = n, "finished email jobs purged"),
                 Err(e) => tracing::warn!(error = %e, "cannot purge finished email jobs"),
             }
-            let before = clock.now() - chrono::Duration::days(1);
-            match store.run(move |c| latchkey_store::repo::deliveries::purge_before(c, before)).await {
+            let now = clock.now();
+            let (mail, hooks) = (
+                now - chrono::Duration::days(1),
+                now - chrono::Duration::days(latchkey_tenant::service::WEBHOOK_HISTORY_DAYS),
+            );
+            match store.run(move |c| latchkey_store::repo::deliveries::purge_before(c, mail, hooks)).await {
                 Ok(n) => tracing::debug!(purged = n, "finished deliveries purged"),
                 Err(e) => tracing::warn!(error = %e, "cannot purge finished deliveries"),
             }
         }
         ticks = ticks.wrapping_add(1);
+    }
+}
+
+/// Most deliveries one sweep takes at once (it goes on at once while there are more).
+const SWEEP_BATCH: i64 = 500;
+
+/// The sweep (DESIGN.md 5.8): every `interval`, takes the deliveries that are due and not in
+/// flight — recorded by a transaction and never queued, lost by the queue, left for a retry,
+/// or claimed by a worker that died — leases them for `requeue` and queues them. Sweeps of
+/// several processes share the work (`FOR UPDATE SKIP LOCKED` on Postgres; SQLite has one
+/// writer). A failed push is retried by a later sweep once the lease has run out. Never ends.
+pub(crate) async fn sweep(
+    queue: MailQueue,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+    requeue: Duration,
+) {
+    let requeue = chrono::Duration::from_std(requeue).unwrap_or(chrono::Duration::seconds(3));
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        loop {
+            let now = clock.now();
+            let due =
+                store.write(move |c| latchkey_store::repo::deliveries::take_due(c, now, requeue, SWEEP_BATCH)).await;
+            let ids = match due {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the delivery sweep cannot read the deliveries");
+                    break;
+                }
+            };
+            let full = i64::try_from(ids.len()).unwrap_or(i64::MAX) >= SWEEP_BATCH;
+            if !ids.is_empty() {
+                tracing::debug!(count = ids.len(), "sweep: deliveries queued");
+            }
+            for id in ids {
+                if let Err(e) = queue.push(DeliveryJob { delivery_id: id }).await {
+                    tracing::warn!(delivery = %id, error = %e, "the sweep cannot queue a delivery; a later sweep will");
+                }
+            }
+            if !full {
+                break;
+            }
+        }
     }
 }
 

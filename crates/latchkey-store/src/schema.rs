@@ -113,11 +113,21 @@ diesel::table! {
 }
 
 diesel::table! {
-    mail_deliveries (id) {
+    deliveries (id) {
         id -> Text,
+        tenant_id -> Text,
         kind -> Text,
         state -> Text,
         attempts -> Integer,
+        payload -> Nullable<Binary>,
+        expires_at -> Nullable<BigInt>,
+        next_attempt_at -> BigInt,
+        lease_until -> BigInt,
+        webhook_id -> Nullable<Text>,
+        event_id -> Nullable<Text>,
+        last_status -> Nullable<Integer>,
+        last_error -> Nullable<Text>,
+        delivered_at -> Nullable<BigInt>,
         created_at -> BigInt,
         updated_at -> BigInt,
     }
@@ -177,6 +187,20 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webhooks (id) {
+        id -> Text,
+        tenant_id -> Text,
+        url -> Text,
+        events -> Text,
+        description -> Nullable<Text>,
+        enabled -> Bool,
+        secret_sealed -> Binary,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
 diesel::joinable!(recovery_requests -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -188,9 +212,10 @@ diesel::allow_tables_to_appear_in_same_query!(
     challenges,
     email_codes,
     reset_tokens,
-    mail_deliveries,
+    deliveries,
     recovery_requests,
     audit_events,
     recovery_codes,
     trusted_devices,
+    webhooks,
 );

@@ -4,7 +4,8 @@
 //! audit). Each reads the tenant's policy through its [`TenantActor`](actor::TenantActor),
 //! checks passwords on the blocking pool, and makes its decision inside one store
 //! transaction that serialises the user's counters, applying the pure rules of
-//! `latchkey_core` to the state it reads there. Email jobs go to an [`Outbox`].
+//! `latchkey_core` to the state it reads there. Mail and webhook deliveries are recorded in
+//! that transaction; their jobs go to an [`Outbox`].
 
 pub mod actor;
 pub mod error;
@@ -13,5 +14,5 @@ pub mod service;
 
 pub use actor::{ActorSettings, Registry};
 pub use error::{Error, Result};
-pub use outbox::{MailJob, MemoryOutbox, Outbox, OutboxError, SendEmailOtp, SendResetLink};
+pub use outbox::{DeliveryJob, MailPayload, MemoryOutbox, NoticeEvent, NoticeMail, Outbox, OutboxError};
 pub use service::*;

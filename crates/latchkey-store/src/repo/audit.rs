@@ -1,9 +1,11 @@
 //! `audit_events`: the tenant's audit log, written in the transaction of the change it
-//! records.
+//! records — with the webhook deliveries of each event (DESIGN.md 5.6): one per enabled
+//! endpoint of the tenant subscribed to its kind, in the same transaction (on Postgres, in the
+//! same statement).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use latchkey_core::{AuditKind, TenantId};
+use latchkey_core::{AuditEventId, AuditKind, TenantId};
 
 use super::Page;
 use crate::DbConn;
@@ -71,30 +73,60 @@ impl NewRow {
     }
 }
 
-/// Appends an event.
+/// Appends an event (and its webhook deliveries).
 pub fn insert(conn: &mut DbConn, e: &AuditEvent) -> StoreResult<()> {
-    diesel::insert_into(ae::table).values(NewRow::of(e)).execute(conn)?;
-    Ok(())
+    insert_all(conn, std::slice::from_ref(e))
 }
 
-/// Appends several events in one statement.
+/// Appends several events, and creates their webhook deliveries, in one statement on
+/// Postgres (so an audit write costs one round trip with or without webhooks).
 pub fn insert_all(conn: &mut DbConn, events: &[AuditEvent]) -> StoreResult<()> {
+    use diesel::sql_types::{Array, BigInt, Nullable, Text};
     if events.is_empty() {
         return Ok(());
     }
     match conn {
         DbConn::Pg(pg) => {
             let rows: Vec<NewRow> = events.iter().map(NewRow::of).collect();
-            diesel::insert_into(ae::table).values(&rows).execute(pg)?;
+            diesel::sql_query(format!(
+                "WITH audit AS (INSERT INTO audit_events \
+                 (id, tenant_id, at, actor_id, subject_id, kind, ip, user_agent, detail) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+                 $6::text[], $7::text[], $8::text[], $9::text[]) RETURNING id, tenant_id, kind, at) {}",
+                super::webhooks::PG_FAN_OUT
+            ))
+            .bind::<Array<Text>, _>(rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(rows.iter().map(|r| r.tenant_id.clone()).collect::<Vec<_>>())
+            .bind::<Array<BigInt>, _>(rows.iter().map(|r| r.at).collect::<Vec<_>>())
+            .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.actor_id.clone()).collect::<Vec<_>>())
+            .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.subject_id.clone()).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(rows.iter().map(|r| r.kind).collect::<Vec<_>>())
+            .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.ip.clone()).collect::<Vec<_>>())
+            .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.user_agent.clone()).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(rows.iter().map(|r| r.detail.clone()).collect::<Vec<_>>())
+            .execute(pg)?;
         }
-        // No round trip to save on SQLite (and diesel has no multi-row insert for it here).
-        DbConn::Sqlite(_) => {
+        // No round trip to save on SQLite.
+        DbConn::Sqlite(lite) => {
             for e in events {
-                insert(conn, e)?;
+                diesel::insert_into(ae::table).values(NewRow::of(e)).execute(lite)?;
             }
+            super::webhooks::fan_out(conn, events)?;
         }
     }
     Ok(())
+}
+
+/// The event `id` of `tenant`.
+pub fn by_id(conn: &mut DbConn, tenant: TenantId, id: AuditEventId) -> StoreResult<Option<AuditEvent>> {
+    ae::table
+        .filter(ae::tenant_id.eq(tenant.to_string()))
+        .filter(ae::id.eq(id.to_string()))
+        .select(Row::as_select())
+        .first(conn)
+        .optional()?
+        .map(Row::into_event)
+        .transpose()
 }
 
 /// Filters of the audit log.

@@ -7,7 +7,8 @@
 //! `SELECT … FOR UPDATE`, moves the enrollment's last accepted time step forward with a
 //! conditional `UPDATE` (RFC 6238 section 5.2: a step is accepted at most once), and only
 //! if that moved ends the challenge, clears the wrong-code counter and block, inserts the
-//! session and appends the audit events. Either every write happens or none does.
+//! session, appends the audit events and creates their webhook deliveries (DESIGN.md 5.6).
+//! Either every write happens or none does.
 //!
 //! Lock order: the user row first, as on every other path that writes a user's challenges
 //! (the portable verify, resets, role and email changes, deletion): the challenge is looked
@@ -102,7 +103,13 @@ const SQL_BODY: &str = "
     INSERT INTO audit_events (id, tenant_id, at, actor_id, subject_id, kind, ip, user_agent, detail)
     SELECT e.id, e.tenant_id, e.at, e.actor_id, e.subject_id, e.kind, e.ip, e.user_agent, e.detail
     FROM advanced, unnest(";
+/// After the audit events: their webhook deliveries (`webhooks::PG_FAN_OUT`), then the
+/// answer.
 const SQL_TAIL: &str = ") AS e (id, tenant_id, at, actor_id, subject_id, kind, ip, user_agent, detail)
+    RETURNING id, tenant_id, kind, at
+), hooks AS (
+";
+const SQL_END: &str = "
 )
 SELECT count(*) FROM advanced";
 
@@ -214,6 +221,8 @@ impl QueryFragment<Pg> for Statement {
         out.push_bind_param::<Array<Text>, _>(&self.audit_detail)?;
         out.push_sql("::text[]");
         out.push_sql(SQL_TAIL);
+        out.push_sql(super::webhooks::PG_FAN_OUT);
+        out.push_sql(SQL_END);
         Ok(())
     }
 }

@@ -110,6 +110,20 @@ pub fn list(conn: &mut DbConn, tenant: TenantId, page: Page<'_>) -> StoreResult<
         .collect()
 }
 
+/// The admins of `tenant`, in creation order (the recipients of recovery-request notices,
+/// DESIGN.md 5.6).
+pub fn admins(conn: &mut DbConn, tenant: TenantId) -> StoreResult<Vec<User>> {
+    users::table
+        .filter(users::tenant_id.eq(tenant.to_string()))
+        .filter(users::role.eq(Role::Admin.as_str()))
+        .order(users::id.asc())
+        .select(Row::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(Row::into_user)
+        .collect()
+}
+
 /// Number of admins of `tenant`.
 pub fn count_admins(conn: &mut DbConn, tenant: TenantId) -> StoreResult<i64> {
     Ok(users::table

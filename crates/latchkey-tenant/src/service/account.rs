@@ -9,7 +9,7 @@ use latchkey_store::repo::{
 use latchkey_store::{DbConn, StoreError, StoreResult};
 use serde_json::json;
 
-use super::{Auth, RequestCtx, Service, UserView, check_new_password, clean_email, clean_name};
+use super::{Auth, Notice, RequestCtx, Service, UserView, check_new_password, clean_email, clean_name};
 use crate::error::{Error, Result};
 
 /// A user to create.
@@ -132,8 +132,10 @@ impl Service {
     }
 
     /// Changes `target`'s email inside a transaction holding the tenant lock: ends the user's
-    /// sessions (except `keep`), challenges, codes and reset links, and audits it.
+    /// sessions (except `keep`), challenges, codes and reset links, audits it and tells the
+    /// old address.
     fn change_email(
+        &self,
         conn: &mut DbConn,
         ctx: &RequestCtx,
         actor: UserId,
@@ -158,7 +160,10 @@ impl Service {
             Some(target.id),
             AuditKind::EmailChanged,
             detail,
-        )
+        )?;
+        let notice =
+            Notice::EmailChanged { user: target.id, old_email: target.email.clone(), new_email: email.to_owned() };
+        self.notify(conn, ctx, target.tenant_id, notice)
     }
 
     /// `PATCH /api/v1/me`: name for anyone; email for admins only, with the password and a
@@ -197,7 +202,7 @@ impl Service {
             .write(move |c| {
                 users::lock_tenant(c, user.tenant_id)?;
                 if let Some(email) = &email {
-                    Service::change_email(c, &ctx, user.id, &user, email, Some(keep))?;
+                    svc.change_email(c, &ctx, user.id, &user, email, Some(keep))?;
                 }
                 if let Some(name) = &name {
                     users::update_profile(c, user.id, Some(name), None, None, ctx.now)?;
@@ -220,6 +225,7 @@ impl Service {
         let user = auth.user.clone();
         let keep = auth.session.id;
         let ctx = ctx.clone();
+        let svc = self.clone();
         self.store
             .write(move |c| {
                 users::lock(c, user.id)?;
@@ -238,7 +244,8 @@ impl Service {
                     Some(user.id),
                     AuditKind::PasswordChanged,
                     json!({}),
-                )
+                )?;
+                svc.notify(c, &ctx, user.tenant_id, Notice::PasswordChanged { user: user.id })
             })
             .await?;
         Ok(())
@@ -372,7 +379,7 @@ impl Service {
                     )?;
                 }
                 if let Some(email) = email.as_deref().filter(|e| *e != target.email) {
-                    Service::change_email(c, &ctx, actor, &target, email, Some(keep))?;
+                    svc.change_email(c, &ctx, actor, &target, email, Some(keep))?;
                 }
                 if let Some(name) = &name {
                     users::update_profile(c, target.id, Some(name), None, None, ctx.now)?;

@@ -7,7 +7,7 @@ use latchkey_store::repo::{Page, audit, recovery, tenants, users};
 use latchkey_store::{DbConn, StoreError, StoreResult};
 use serde_json::json;
 
-use super::{Auth, RequestCtx, Service, UserView};
+use super::{Auth, Notice, RequestCtx, Service, UserView};
 use crate::error::{Error, Result};
 
 /// A recovery request with its user.
@@ -76,11 +76,11 @@ impl Service {
                 if !recovery::decide(c, id, status, admin, ctx.now)? {
                     return Ok(Err(Error::RequestNotPending));
                 }
-                let kind = if approve {
+                let (kind, notice) = if approve {
                     Service::reset_second_factor(c, &ctx, &user)?;
-                    AuditKind::RecoveryApproved
+                    (AuditKind::RecoveryApproved, Notice::RecoveryApproved { user: request.user_id })
                 } else {
-                    AuditKind::RecoveryDismissed
+                    (AuditKind::RecoveryDismissed, Notice::RecoveryDismissed { user: request.user_id })
                 };
                 Service::audit(
                     c,
@@ -91,6 +91,7 @@ impl Service {
                     kind,
                     json!({"request_id": id}),
                 )?;
+                svc.notify(c, &ctx, tenant, notice)?;
                 let decided = recovery::by_id(c, tenant, id)?.ok_or(StoreError::Corrupt("request vanished"))?;
                 Ok(Ok(svc.recovery_view(c, decided)?))
             })
@@ -182,6 +183,9 @@ impl Service {
     }
 }
 
+/// Days a finished webhook delivery stays in its endpoint's delivery list.
+pub const WEBHOOK_HISTORY_DAYS: i64 = 30;
+
 /// What a housekeeping pass deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
@@ -191,7 +195,8 @@ pub struct Purged {
     pub challenges: usize,
     /// Email codes older than both their lifetime and the send window.
     pub email_codes: usize,
-    /// Finished deliveries older than a day.
+    /// Finished mail deliveries older than a day, webhook deliveries older than
+    /// [`WEBHOOK_HISTORY_DAYS`].
     pub deliveries: usize,
     /// Password attempt logs with no attempt left in the window.
     pub signin_attempts: usize,
@@ -216,7 +221,11 @@ impl Service {
                     sessions: sessions::purge_expired(c, now)?,
                     challenges: challenges::purge_expired(c, now - day)?,
                     email_codes: email_codes::purge_before(c, now - keep_codes)?,
-                    deliveries: deliveries::purge_before(c, now - day)?,
+                    deliveries: deliveries::purge_before(
+                        c,
+                        now - day,
+                        now - chrono::Duration::days(WEBHOOK_HISTORY_DAYS),
+                    )?,
                     signin_attempts: signin::purge_before(c, now - window)?,
                     trusted_devices: trusted_devices::purge_expired(c, now - day)?,
                 })

@@ -1,19 +1,18 @@
 //! Emailed codes: sending one for a challenge under the send rules (cooldown, sliding window,
 //! block; one budget for every mail a user can make us send), and queueing it.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use latchkey_core::otp::{SendRefusal, decide_send, generate_email_code, seconds_until};
-use latchkey_core::{DeliveryId, EmailCodeId, Method, UserId};
+use latchkey_core::{EmailCodeId, Method, UserId};
 use latchkey_store::model::{ChallengePurpose, EmailCode};
-use latchkey_store::repo::{deliveries, email_codes, reset_tokens};
+use latchkey_store::repo::deliveries::{self, Attempt, DeliveryKind, DeliveryState};
+use latchkey_store::repo::{email_codes, reset_tokens};
 use latchkey_store::{DbConn, StoreResult};
 
 use super::challenge::Located;
 use super::{RequestCtx, Service};
 use crate::error::{Error, Result};
-use crate::outbox::{MailJob, SendEmailOtp, job_aad};
+use crate::outbox::{DeliveryJob, MailPayload};
 
 /// A code was queued for delivery.
 #[derive(Debug, Clone)]
@@ -53,7 +52,7 @@ impl Service {
 
     /// Queues `job`; if the queue refuses it, `undo` removes what the send recorded (so a
     /// refused send does not count) and the answer is `QueueUnavailable`.
-    pub(super) async fn enqueue_or_undo<F>(&self, job: MailJob, undo: F) -> Result<()>
+    pub(super) async fn enqueue_or_undo<F>(&self, job: DeliveryJob, undo: F) -> Result<()>
     where
         F: FnOnce(&mut DbConn) -> StoreResult<()> + Send + 'static,
     {
@@ -89,7 +88,7 @@ impl Service {
         let svc = self.clone();
         let now = ctx.now;
         let tenant_name = loc.tenant.name.clone();
-        let (user, code, code_id, delivery_id, permit) = self
+        let (user, delivery_id, code_id, permit) = self
             .store
             .write(move |c| {
                 let Some((user, ch)) = Service::reread(c, &loc, now)? else {
@@ -120,24 +119,17 @@ impl Service {
                         voided_at: None,
                     },
                 )?;
-                let delivery_id = DeliveryId::new();
-                deliveries::insert(c, delivery_id, "otp", now)?;
-                Ok(Ok((user, code, code_id, delivery_id, permit)))
+                let payload = MailPayload::Otp { code_id, to: user.email.clone(), tenant_name, code: code.to_string() };
+                let expires = Some(now + svc.limits.email_otp_ttl);
+                let delivery_id =
+                    svc.record_mail(c, user.tenant_id, DeliveryKind::Otp, &payload, expires, true, now)?;
+                Ok(Ok((user, delivery_id, code_id, permit)))
             })
             .await??;
         let expires_at = now + self.limits.email_otp_ttl;
-        let job = SendEmailOtp {
-            delivery_id,
-            code_id,
-            to: user.email.clone(),
-            tenant_name,
-            sealed_code: STANDARD.encode(self.keys.seal(code.as_bytes(), &job_aad(delivery_id))),
-            expires_at,
-            enqueued_at: now,
-        };
-        self.enqueue_or_undo(MailJob::EmailOtp(job), move |c| {
+        self.enqueue_or_undo(DeliveryJob { delivery_id }, move |c| {
             email_codes::delete(c, code_id)?;
-            deliveries::finish(c, delivery_id, deliveries::DeliveryState::Dropped, now)
+            deliveries::finish(c, delivery_id, DeliveryState::Dropped, &Attempt::default(), now)
         })
         .await?;
         Ok(EmailSent {

@@ -72,7 +72,7 @@ impl Service {
                 match svc.check_proof(c, Some(&ch), &user, Method::Authenticator, &Proof::Code(&code), now)? {
                     Checked::Accepted { enroll: Some(enrollment), .. } => {
                         // The challenge is used up with the user's others.
-                        Service::enroll_accepted(c, &ctx, &user, None, Some(enrollment))?;
+                        svc.enroll_accepted(c, &ctx, &user, None, Some(enrollment))?;
                         users::set_lockout(c, user.id, Default::default())?;
                         svc.metrics.otp_verifications.with_label_values(&["authenticator", "success"]).inc();
                         Ok(Ok(()))

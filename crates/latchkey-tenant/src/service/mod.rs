@@ -8,6 +8,7 @@ mod devices;
 mod email_code;
 mod enroll;
 mod factor;
+mod notices;
 mod recovery;
 mod recovery_code_flow;
 mod reset_link;
@@ -39,9 +40,10 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 pub use account::{NewUser, UserChanges};
-pub use admin::{Purged, RecoveryView};
+pub use admin::{Purged, RecoveryView, WEBHOOK_HISTORY_DAYS};
 pub use email_code::EmailSent;
 pub use factor::TotpSetup;
+pub use notices::{Notice, NoticeGroup};
 pub use recovery::RecoveryStarted;
 pub use recovery_code_flow::{RECOVERY_CODE, RecoveryCodes};
 pub use self_service::{MethodSetup, TwoFactorOverview};
@@ -121,6 +123,9 @@ pub struct ServerSettings {
     pub relying_party: RelyingParty,
     /// Bounds on tenant settings (`LATCHKEY_REMEMBER_DEVICE_MAX_DAYS`, …).
     pub bounds: SettingsBounds,
+    /// How long a delivery pushed to the queue counts as in flight before the sweep takes it
+    /// for lost and queues it again (`LATCHKEY_DELIVERY_REQUEUE_MS`).
+    pub delivery_requeue: chrono::Duration,
 }
 
 impl ServerSettings {
@@ -130,6 +135,7 @@ impl ServerSettings {
             public_url: config.public_url(),
             relying_party: config.relying_party(),
             bounds: config.settings_bounds(),
+            delivery_requeue: config.delivery_requeue(),
         }
     }
 }

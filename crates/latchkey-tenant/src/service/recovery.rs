@@ -7,7 +7,7 @@ use latchkey_store::repo::recovery;
 use serde_json::json;
 
 use super::admin::RecoveryView;
-use super::{RequestCtx, Service};
+use super::{Notice, RequestCtx, Service};
 use crate::error::{Error, Result};
 
 /// How recovery proceeds.
@@ -65,6 +65,7 @@ impl Service {
                             AuditKind::RecoveryRequested,
                             json!({"request_id": request.id}),
                         )?;
+                        svc.notify(c, &ctx, user.tenant_id, Notice::RecoveryRequested { user: user.id })?;
                         request
                     }
                 };

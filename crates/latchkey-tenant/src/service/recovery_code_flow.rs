@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use super::signin::IssuedSession;
 use super::verify::CompletedSignIn;
-use super::{Auth, RequestCtx, Service};
+use super::{Auth, Notice, RequestCtx, Service};
 use crate::error::{Error, Result};
 
 /// The `factor` name of recovery codes in metrics and audit details.
@@ -56,6 +56,7 @@ impl Service {
             .collect();
         let user = auth.user.clone();
         let ctx2 = ctx.clone();
+        let svc = self.clone();
         self.store
             .write(move |c| {
                 users::lock(c, user.id)?;
@@ -64,7 +65,17 @@ impl Service {
                 email_codes::void_for_user(c, user.id, ctx2.now)?;
                 let who = Some(user.id.to_string());
                 let detail = json!({"count": hashes.len()});
-                Service::audit(c, &ctx2, user.tenant_id, who, Some(user.id), AuditKind::RecoveryCodesGenerated, detail)
+                Service::audit(
+                    c,
+                    &ctx2,
+                    user.tenant_id,
+                    who,
+                    Some(user.id),
+                    AuditKind::RecoveryCodesGenerated,
+                    detail,
+                )?;
+                let count = u32::try_from(hashes.len()).unwrap_or(u32::MAX);
+                svc.notify(c, &ctx2, user.tenant_id, Notice::RecoveryCodesGenerated { user: user.id, count })
             })
             .await?;
         Ok(RecoveryCodes { codes, created_at: ctx.now })
@@ -153,7 +164,9 @@ impl Service {
                     remember_device,
                     metric: RECOVERY_CODE,
                 };
-                Ok(Ok(svc.complete_sign_in(c, &ctx, &user, &sign_in, &events)?))
+                let issued = svc.complete_sign_in(c, &ctx, &user, &sign_in, &events)?;
+                svc.notify(c, &ctx, user.tenant_id, Notice::RecoveryCodeUsed { user: user.id, remaining })?;
+                Ok(Ok(issued))
             })
             .await?
     }

@@ -1,21 +1,20 @@
 //! An admin's reset link: sent by email under the shared send budget, used once to reset
 //! the admin's second factor (DESIGN.md "Recovery").
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use latchkey_core::crypto::TokenPurpose;
 use latchkey_core::otp::decide_send;
-use latchkey_core::{AuditKind, DeliveryId, ResetTokenId, Role, SecretToken};
+use latchkey_core::{AuditKind, ResetTokenId, Role, SecretToken};
 use latchkey_store::model::ResetToken;
-use latchkey_store::repo::{deliveries, reset_tokens, users};
+use latchkey_store::repo::deliveries::{self, Attempt, DeliveryKind, DeliveryState};
+use latchkey_store::repo::{reset_tokens, users};
 use serde_json::json;
 
 use super::challenge::Located;
 use super::email_code::send_refusal;
 use super::recovery::RecoveryStarted;
-use super::{RequestCtx, Service};
+use super::{Notice, RequestCtx, Service};
 use crate::error::{Error, Result};
-use crate::outbox::{MailJob, SendResetLink, job_aad};
+use crate::outbox::{DeliveryJob, MailPayload};
 
 impl Service {
     pub(super) async fn send_reset_link(&self, ctx: &RequestCtx, loc: Located) -> Result<RecoveryStarted> {
@@ -23,7 +22,7 @@ impl Service {
         let ctx2 = ctx.clone();
         let now = ctx.now;
         let tenant_name = loc.tenant.name.clone();
-        let (user, token, token_id, delivery_id) = self
+        let (user, token_id, delivery_id) = self
             .store
             .write(move |c| {
                 let Some((user, _)) = Service::reread(c, &loc, now)? else {
@@ -45,25 +44,23 @@ impl Service {
                     voided_at: None,
                 };
                 reset_tokens::insert(c, &row, &svc.keys.token_hash(TokenPurpose::Reset, token.expose()))?;
-                let delivery_id = DeliveryId::new();
-                deliveries::insert(c, delivery_id, "reset_link", now)?;
+                let payload = MailPayload::ResetLink {
+                    token_id: row.id,
+                    to: user.email.clone(),
+                    tenant_name,
+                    token: token.expose().to_owned(),
+                };
+                let kind = DeliveryKind::ResetLink;
+                let delivery_id =
+                    svc.record_mail(c, user.tenant_id, kind, &payload, Some(row.expires_at), true, now)?;
                 let who = Some(user.id.to_string());
                 Service::audit(c, &ctx2, user.tenant_id, who, Some(user.id), AuditKind::ResetLinkSent, json!({}))?;
-                Ok(Ok((user, token, row.id, delivery_id)))
+                Ok(Ok((user, row.id, delivery_id)))
             })
             .await??;
-        let job = SendResetLink {
-            delivery_id,
-            token_id,
-            to: user.email.clone(),
-            tenant_name,
-            sealed_token: STANDARD.encode(self.keys.seal(token.expose().as_bytes(), &job_aad(delivery_id))),
-            expires_at: now + self.limits.reset_link_ttl,
-            enqueued_at: now,
-        };
-        self.enqueue_or_undo(MailJob::ResetLink(job), move |c| {
+        self.enqueue_or_undo(DeliveryJob { delivery_id }, move |c| {
             reset_tokens::delete(c, token_id)?;
-            deliveries::finish(c, delivery_id, deliveries::DeliveryState::Dropped, now)
+            deliveries::finish(c, delivery_id, DeliveryState::Dropped, &Attempt::default(), now)
         })
         .await?;
         Ok(RecoveryStarted::EmailLink { email_masked: latchkey_core::email::mask(&user.email) })
@@ -76,6 +73,7 @@ impl Service {
     pub async fn reset_with_link(&self, ctx: &RequestCtx, token: &str) -> Result<()> {
         let hash = self.keys.token_hash(TokenPurpose::Reset, token);
         let ctx = ctx.clone();
+        let svc = self.clone();
         self.store
             .write(move |c| {
                 let now = ctx.now;
@@ -93,6 +91,7 @@ impl Service {
                 Service::reset_second_factor(c, &ctx, &user)?;
                 let who = Some(row.user_id.to_string());
                 Service::audit(c, &ctx, row.tenant_id, who, Some(row.user_id), AuditKind::ResetLinkUsed, json!({}))?;
+                svc.notify(c, &ctx, row.tenant_id, Notice::ResetLinkUsed { user: row.user_id })?;
                 Ok(Ok(()))
             })
             .await?

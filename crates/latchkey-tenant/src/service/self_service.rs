@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use super::challenge::Located;
 use super::email_code::EmailSent;
 use super::factor::{Checked, Proof, TotpSetup, pending_aad, totp_setup};
-use super::{Auth, RequestCtx, Service};
+use super::{Auth, Notice, RequestCtx, Service};
 use crate::error::{Error, Result};
 
 /// `GET /api/v1/me/two-factor`: the user's second factors.
@@ -195,7 +195,7 @@ impl Service {
                 });
                 // Already enrolled (email confirmed twice): nothing to store, the setup ends.
                 challenges::end(c, ch.id, now)?;
-                Service::enroll_accepted(c, &ctx, &user, None, enroll)?;
+                svc.enroll_accepted(c, &ctx, &user, None, enroll)?;
                 users::set_lockout(c, user.id, Default::default())?;
                 svc.metrics.otp_verifications.with_label_values(&[method.as_str(), "success"]).inc();
                 Ok(Ok(()))
@@ -210,6 +210,7 @@ impl Service {
     /// Errors: `StepUpRequired`, `NotFound` (not enrolled), `LastMethod`.
     pub async fn remove_method(&self, ctx: &RequestCtx, auth: &Auth, method: Method) -> Result<()> {
         self.require_fresh_factor(auth, ctx.now)?;
+        let svc = self.clone();
         let ctx = ctx.clone();
         let (tenant_id, user_id) = (auth.tenant.id, auth.user.id);
         self.store
@@ -233,6 +234,7 @@ impl Service {
                 let who = Some(user.id.to_string());
                 let detail = json!({"method": method});
                 Service::audit(c, &ctx, tenant_id, who, Some(user.id), AuditKind::FactorRemoved, detail)?;
+                svc.notify(c, &ctx, tenant_id, Notice::FactorRemoved { user: user.id, factor: method.to_string() })?;
                 Service::revoke_devices(c, &ctx, &user, "factor_removed")?;
                 Ok(Ok(()))
             })

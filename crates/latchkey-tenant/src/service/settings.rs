@@ -221,7 +221,7 @@ impl Service {
                 }
                 let who = Some(user.id.to_string());
                 match svc.check_proof(c, Some(&ch), &user, method, &Proof::Code(&code), now)? {
-                    Checked::Accepted { enroll, .. } => Service::enroll_accepted(c, &ctx, &user, Some(ch.id), enroll)?,
+                    Checked::Accepted { enroll, .. } => svc.enroll_accepted(c, &ctx, &user, Some(ch.id), enroll)?,
                     Checked::Replayed => return Ok(Err(svc.on_replay(&user, method.as_str(), now))),
                     Checked::Wrong { expired } => {
                         return Ok(Err(svc.on_failure(c, &ctx, &user, method.as_str(), expired)?));

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use super::challenge::verified_sign_in_events;
 use super::factor::{Checked, Proof};
 use super::signin::{IssuedDevice, IssuedSession};
-use super::{RequestCtx, Service, UserView};
+use super::{Notice, RequestCtx, Service, UserView};
 use crate::error::{Error, Result};
 
 impl Service {
@@ -60,7 +60,7 @@ impl Service {
                 }
                 let enrolled = match svc.check_proof(c, Some(&ch), &user, method, &Proof::Code(&code), now)? {
                     Checked::Accepted { enroll, enrolled } => {
-                        Service::enroll_accepted(c, &ctx, &user, Some(ch.id), enroll)?;
+                        svc.enroll_accepted(c, &ctx, &user, Some(ch.id), enroll)?;
                         enrolled
                     }
                     Checked::Replayed => return Ok(Err(svc.on_replay(&user, method.as_str(), now))),
@@ -148,6 +148,7 @@ impl Service {
         let who = Some(user.id.to_string());
         let detail = json!({"device_id": device.id, "expires_at": expires_at});
         Service::audit(conn, ctx, user.tenant_id, who, Some(user.id), AuditKind::TrustedDeviceCreated, detail)?;
+        self.notify(conn, ctx, user.tenant_id, Notice::TrustedDeviceCreated { user: user.id })?;
         Ok(Some(IssuedDevice { token, expires_at }))
     }
 }

@@ -19,7 +19,7 @@ use serde_json::json;
 pub use authenticator::TotpSetup;
 pub(super) use authenticator::{pending_aad, totp_setup};
 
-use super::{RequestCtx, Service};
+use super::{Notice, RequestCtx, Service};
 
 /// What the user presents as proof of a factor.
 pub(super) enum Proof<'a> {
@@ -83,8 +83,9 @@ impl Service {
 
     /// Stores the enrollment an accepted proof created, if any: the user's other challenges
     /// (all but `keep`) and codes are void (DESIGN.md "Challenges") and the audit log records
-    /// `enrolled`.
+    /// `enrolled`, and the user gets a notice.
     pub(super) fn enroll_accepted(
+        &self,
         conn: &mut DbConn,
         ctx: &RequestCtx,
         user: &User,
@@ -97,6 +98,7 @@ impl Service {
         email_codes::void_for_user(conn, user.id, ctx.now)?;
         let who = Some(user.id.to_string());
         let detail = json!({"method": enrollment.method});
-        Service::audit(conn, ctx, user.tenant_id, who, Some(user.id), latchkey_core::AuditKind::Enrolled, detail)
+        Service::audit(conn, ctx, user.tenant_id, who, Some(user.id), latchkey_core::AuditKind::Enrolled, detail)?;
+        self.notify(conn, ctx, user.tenant_id, Notice::MethodEnrolled { user: user.id, method: enrollment.method })
     }
 }

@@ -1,0 +1,223 @@
+//! Notices (DESIGN.md 5.6): mails that tell a user about a change to his security, and the
+//! admins about a new recovery request. One call, inside the transaction of the change:
+//!
+//! ```ignore
+//! svc.notify(c, &ctx, user.tenant_id, Notice::PasswordChanged { user: user.id })?;
+//! ```
+//!
+//! [`Service::notify`] reads the tenant's `notices` setting and the recipients in that
+//! transaction and records one sealed mail delivery per recipient; the worker's sweep queues
+//! it once the transaction has committed (within `LATCHKEY_DELIVERY_SWEEP_MS`), so a notice
+//! goes out exactly when its change happened, and survives a crash right after. The wording
+//! lives in the mail crate's templates.
+
+use chrono::{DateTime, Utc};
+use latchkey_core::{DeliveryId, Method, Role, TenantId, UserId};
+use latchkey_store::repo::deliveries::{self, DeliveryKind, NewMail};
+use latchkey_store::repo::{tenants, users};
+use latchkey_store::{DbConn, StoreError, StoreResult};
+
+use super::{RequestCtx, Service};
+use crate::outbox::{MailPayload, NoticeEvent, NoticeMail, seal_payload};
+
+/// A change that the user (or, for a recovery request, the tenant's admins) is told about.
+/// Each variant names the user it is about; the notice goes to that user's current address
+/// unless said otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The user enrolled a method (at sign-in, at enablement, or from the account).
+    MethodEnrolled {
+        /// The user.
+        user: UserId,
+        /// The method.
+        method: Method,
+    },
+    /// The user removed a second factor (a method or a passkey).
+    FactorRemoved {
+        /// The user.
+        user: UserId,
+        /// What was removed, as the user knows it (`authenticator`, `email`, a passkey name).
+        factor: String,
+    },
+    /// The user generated a new set of recovery codes.
+    RecoveryCodesGenerated {
+        /// The user.
+        user: UserId,
+        /// How many codes the set has.
+        count: u32,
+    },
+    /// The user signed in with a recovery code.
+    RecoveryCodeUsed {
+        /// The user.
+        user: UserId,
+        /// Unused codes left.
+        remaining: u32,
+    },
+    /// A device of the user was remembered (DESIGN.md 5.4).
+    TrustedDeviceCreated {
+        /// The user.
+        user: UserId,
+    },
+    /// An admin approved the user's recovery request.
+    RecoveryApproved {
+        /// The requester.
+        user: UserId,
+    },
+    /// An admin dismissed the user's recovery request.
+    RecoveryDismissed {
+        /// The requester.
+        user: UserId,
+    },
+    /// The admin's reset link was used.
+    ResetLinkUsed {
+        /// The admin.
+        user: UserId,
+    },
+    /// The user's password changed.
+    PasswordChanged {
+        /// The user.
+        user: UserId,
+    },
+    /// The user's email address changed: the notice goes to the **old** address.
+    EmailChanged {
+        /// The user.
+        user: UserId,
+        /// The address before the change (the recipient).
+        old_email: String,
+        /// The address after it (shown masked).
+        new_email: String,
+    },
+    /// An agent or supervisor asked for recovery: every admin of the tenant but the requester
+    /// is told (group `recovery_requests`).
+    RecoveryRequested {
+        /// The requester.
+        user: UserId,
+    },
+}
+
+/// The setting group of a notice (`notices.security` or `notices.recovery_requests`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeGroup {
+    /// Changes to the recipient's own security.
+    Security,
+    /// New recovery requests, to admins.
+    RecoveryRequests,
+}
+
+impl Notice {
+    /// The group whose tenant setting turns this notice off.
+    pub fn group(&self) -> NoticeGroup {
+        match self {
+            Notice::RecoveryRequested { .. } => NoticeGroup::RecoveryRequests,
+            _ => NoticeGroup::Security,
+        }
+    }
+
+    /// The user the notice is about.
+    pub fn user(&self) -> UserId {
+        match self {
+            Notice::MethodEnrolled { user, .. }
+            | Notice::FactorRemoved { user, .. }
+            | Notice::RecoveryCodesGenerated { user, .. }
+            | Notice::RecoveryCodeUsed { user, .. }
+            | Notice::TrustedDeviceCreated { user }
+            | Notice::RecoveryApproved { user }
+            | Notice::RecoveryDismissed { user }
+            | Notice::ResetLinkUsed { user }
+            | Notice::PasswordChanged { user }
+            | Notice::EmailChanged { user, .. }
+            | Notice::RecoveryRequested { user } => *user,
+        }
+    }
+}
+
+impl Service {
+    /// Queues the notice of a change, inside the transaction that makes the change (DESIGN.md
+    /// 5.6): nothing is sent when the tenant turned the notice's group off, when the user no
+    /// longer exists, or (a recovery request) for an admin requester or a tenant with no other
+    /// admin. Each recipient gets one mail delivery, sealed like every other (the recipient's
+    /// address, the tenant's name, the time, the request's IP and user agent and what
+    /// happened), which the worker sends within `LATCHKEY_DELIVERY_SWEEP_MS` of the commit.
+    ///
+    /// Errors: database errors only (the caller's transaction then rolls back).
+    pub fn notify(&self, conn: &mut DbConn, ctx: &RequestCtx, tenant: TenantId, notice: Notice) -> StoreResult<()> {
+        let Some(t) = tenants::by_id(conn, tenant)? else { return Ok(()) };
+        let on = match notice.group() {
+            NoticeGroup::Security => t.settings.notices.security,
+            NoticeGroup::RecoveryRequests => t.settings.notices.recovery_requests,
+        };
+        if !on {
+            return Ok(());
+        }
+        let Some(user) = users::by_id(conn, tenant, notice.user())? else { return Ok(()) };
+        let me = || vec![(user.email.clone(), user.name.clone())];
+        let (recipients, what): (Vec<(String, String)>, NoticeEvent) = match notice {
+            Notice::RecoveryRequested { .. } => {
+                if user.role == Role::Admin {
+                    return Ok(());
+                }
+                let review_url = format!("{}/ui/{}/agents?tab=requested", self.server.public_url, t.slug);
+                let admins = users::admins(conn, tenant)?;
+                let to = admins.into_iter().filter(|a| a.id != user.id).map(|a| (a.email, a.name)).collect();
+                let what = NoticeEvent::RecoveryRequested {
+                    requester_name: user.name.clone(),
+                    requester_email: user.email.clone(),
+                    requester_role: user.role,
+                    review_url,
+                };
+                (to, what)
+            }
+            Notice::EmailChanged { old_email, new_email, .. } => (
+                vec![(old_email, user.name.clone())],
+                NoticeEvent::EmailChanged { new_email_masked: latchkey_core::email::mask(&new_email) },
+            ),
+            Notice::MethodEnrolled { method, .. } => (me(), NoticeEvent::MethodEnrolled { method }),
+            Notice::FactorRemoved { factor, .. } => (me(), NoticeEvent::FactorRemoved { factor }),
+            Notice::RecoveryCodesGenerated { count, .. } => (me(), NoticeEvent::RecoveryCodesGenerated { count }),
+            Notice::RecoveryCodeUsed { remaining, .. } => (me(), NoticeEvent::RecoveryCodeUsed { remaining }),
+            Notice::TrustedDeviceCreated { .. } => (me(), NoticeEvent::TrustedDeviceCreated),
+            Notice::RecoveryApproved { .. } => (me(), NoticeEvent::RecoveryApproved),
+            Notice::RecoveryDismissed { .. } => (me(), NoticeEvent::RecoveryDismissed),
+            Notice::ResetLinkUsed { .. } => (me(), NoticeEvent::ResetLinkUsed),
+            Notice::PasswordChanged { .. } => (me(), NoticeEvent::PasswordChanged),
+        };
+        for (to, recipient_name) in recipients {
+            let mail = NoticeMail {
+                to,
+                recipient_name,
+                tenant_name: t.name.clone(),
+                tenant_slug: t.slug.clone(),
+                at: ctx.now,
+                ip: ctx.ip.clone(),
+                user_agent: ctx.user_agent.clone(),
+                what: what.clone(),
+            };
+            self.record_mail(conn, tenant, DeliveryKind::Notice, &MailPayload::Notice(mail), None, false, ctx.now)?;
+        }
+        Ok(())
+    }
+
+    /// Records a mail delivery of `payload` (sealed under the server key, bound to the new
+    /// row), due at `now`. `pushed`: the caller queues it right after the commit, so the row
+    /// counts as in flight for `LATCHKEY_DELIVERY_REQUEUE_MS`; otherwise the sweep queues it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn record_mail(
+        &self,
+        conn: &mut DbConn,
+        tenant: TenantId,
+        kind: DeliveryKind,
+        payload: &MailPayload,
+        expires_at: Option<DateTime<Utc>>,
+        pushed: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<DeliveryId> {
+        let id = DeliveryId::new();
+        let sealed = seal_payload(&self.keys, id, payload).map_err(|_| StoreError::Corrupt("mail payload"))?;
+        let lease_until = if pushed { now + self.server.delivery_requeue } else { now };
+        deliveries::insert_mail(
+            conn,
+            &NewMail { id, tenant_id: tenant, kind, payload: &sealed, expires_at, lease_until, now },
+        )?;
+        Ok(id)
+    }
+}

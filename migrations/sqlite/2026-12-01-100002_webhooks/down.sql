@@ -1,0 +1,2 @@
+DROP INDEX deliveries_webhook_event;
+DROP TABLE webhooks;
