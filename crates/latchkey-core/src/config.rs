@@ -127,6 +127,10 @@ pub struct Config {
     /// for lost and queues it again, in milliseconds (default: 3 × `delivery_sweep_ms`,
     /// at least 1000).
     pub delivery_requeue_ms: Option<u64>,
+    /// How long the answer to an email change waits, in milliseconds, for the notice to the
+    /// old address to be handed to the mail server (DESIGN.md 5.6: the old address hears of
+    /// the change first); 0 answers at once (default 2000).
+    pub notice_wait_ms: u64,
     /// First retry delay of a failed webhook delivery, in milliseconds (default 1000,
     /// DESIGN.md 5.6); doubles on every retry.
     pub webhook_retry_initial_ms: u64,
@@ -199,6 +203,7 @@ impl Default for Config {
             worker_concurrency: 16,
             delivery_sweep_ms: 1000,
             delivery_requeue_ms: None,
+            notice_wait_ms: 2000,
             webhook_retry_initial_ms: 1000,
             webhook_retry_max_secs: 300,
             webhook_max_attempts: 10,
@@ -238,6 +243,8 @@ impl Config {
             argon2_memory_kib: pw.memory_kib,
             argon2_iterations: pw.iterations,
             argon2_parallelism: pw.parallelism,
+            // No worker in most tests: nothing would finish the notice the answer waits for.
+            notice_wait_ms: 0,
             ..Self::default()
         }
     }

@@ -1,7 +1,7 @@
 //! Accounts: tenants (operator), the signed-in user's own profile and password, and user
 //! management by admins.
 
-use latchkey_core::{AuditKind, Role, SessionId, TenantId, UserId};
+use latchkey_core::{AuditKind, DeliveryId, Role, SessionId, TenantId, UserId};
 use latchkey_store::model::{Tenant, TwoFactorPolicy, User};
 use latchkey_store::repo::{
     Page, challenges, email_codes, enrollments, recovery, reset_tokens, sessions, tenants, users,
@@ -142,7 +142,7 @@ impl Service {
         target: &User,
         email: &str,
         keep: Option<SessionId>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Vec<DeliveryId>> {
         let now = ctx.now;
         users::update_profile(conn, target.id, None, Some(email), None, now)?;
         sessions::delete_for_user(conn, target.id, keep)?;
@@ -163,7 +163,7 @@ impl Service {
         )?;
         let notice =
             Notice::EmailChanged { user: target.id, old_email: target.email.clone(), new_email: email.to_owned() };
-        self.notify(conn, ctx, target.tenant_id, notice)
+        self.notify_now(conn, ctx, target.tenant_id, notice)
     }
 
     /// `PATCH /api/v1/me`: name for anyone; email for admins only, with the password and a
@@ -198,20 +198,24 @@ impl Service {
         let ctx = ctx.clone();
         let user = auth.user.clone();
         let keep = auth.session.id;
-        self.store
+        let (view, notices) = self
+            .store
             .write(move |c| {
                 users::lock_tenant(c, user.tenant_id)?;
+                let mut notices = Vec::new();
                 if let Some(email) = &email {
-                    svc.change_email(c, &ctx, user.id, &user, email, Some(keep))?;
+                    notices = svc.change_email(c, &ctx, user.id, &user, email, Some(keep))?;
                 }
                 if let Some(name) = &name {
                     users::update_profile(c, user.id, Some(name), None, None, ctx.now)?;
                 }
                 let fresh = users::by_id(c, user.tenant_id, user.id)?.ok_or(StoreError::Corrupt("user vanished"))?;
-                svc.user_view(c, &fresh)
+                Ok((svc.user_view(c, &fresh)?, notices))
             })
             .await
-            .map_err(|e| conflict_as(e, Error::EmailTaken))
+            .map_err(|e| conflict_as(e, Error::EmailTaken))?;
+        self.push_and_wait(notices).await;
+        Ok(view)
     }
 
     /// `POST /api/v1/me/password`: with the current password, sets a new one and ends the
@@ -348,7 +352,8 @@ impl Service {
         let tenant = auth.tenant.id;
         let actor = auth.user.id;
         let keep = auth.session.id;
-        self.store
+        let changed = self
+            .store
             .write(move |c| {
                 users::lock_tenant(c, tenant)?;
                 let Some(target) = users::by_id(c, tenant, id)? else {
@@ -378,17 +383,21 @@ impl Service {
                         detail,
                     )?;
                 }
+                let mut notices = Vec::new();
                 if let Some(email) = email.as_deref().filter(|e| *e != target.email) {
-                    svc.change_email(c, &ctx, actor, &target, email, Some(keep))?;
+                    notices = svc.change_email(c, &ctx, actor, &target, email, Some(keep))?;
                 }
                 if let Some(name) = &name {
                     users::update_profile(c, target.id, Some(name), None, None, ctx.now)?;
                 }
                 let fresh = users::by_id(c, tenant, id)?.ok_or(StoreError::Corrupt("user vanished"))?;
-                Ok(Ok(svc.user_view(c, &fresh)?))
+                Ok(Ok((svc.user_view(c, &fresh)?, notices)))
             })
             .await
-            .map_err(|e| conflict_as(e, Error::EmailTaken))?
+            .map_err(|e| conflict_as(e, Error::EmailTaken))??;
+        let (view, notices) = changed;
+        self.push_and_wait(notices).await;
+        Ok(view)
     }
 
     /// `DELETE /api/v1/agents/{id}` (admin): deletes the user with their sessions, challenges

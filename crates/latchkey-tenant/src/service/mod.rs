@@ -126,6 +126,9 @@ pub struct ServerSettings {
     /// How long a delivery pushed to the queue counts as in flight before the sweep takes it
     /// for lost and queues it again (`LATCHKEY_DELIVERY_REQUEUE_MS`).
     pub delivery_requeue: chrono::Duration,
+    /// How long an email change waits for the notice to the old address to go out before it
+    /// answers (`LATCHKEY_NOTICE_WAIT_MS`).
+    pub notice_wait: std::time::Duration,
 }
 
 impl ServerSettings {
@@ -136,6 +139,7 @@ impl ServerSettings {
             relying_party: config.relying_party(),
             bounds: config.settings_bounds(),
             delivery_requeue: config.delivery_requeue(),
+            notice_wait: std::time::Duration::from_millis(config.notice_wait_ms),
         }
     }
 }

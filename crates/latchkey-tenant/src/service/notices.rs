@@ -13,12 +13,12 @@
 
 use chrono::{DateTime, Utc};
 use latchkey_core::{DeliveryId, Method, Role, TenantId, UserId};
-use latchkey_store::repo::deliveries::{self, DeliveryKind, NewMail};
+use latchkey_store::repo::deliveries::{self, DeliveryKind, DeliveryState, NewMail};
 use latchkey_store::repo::{tenants, users};
 use latchkey_store::{DbConn, StoreError, StoreResult};
 
 use super::{RequestCtx, Service};
-use crate::outbox::{MailPayload, NoticeEvent, NoticeMail, seal_payload};
+use crate::outbox::{DeliveryJob, MailPayload, NoticeEvent, NoticeMail, seal_payload};
 
 /// A change that the user (or, for a recovery request, the tenant's admins) is told about.
 /// Each variant names the user it is about; the notice goes to that user's current address
@@ -141,20 +141,43 @@ impl Service {
     ///
     /// Errors: database errors only (the caller's transaction then rolls back).
     pub fn notify(&self, conn: &mut DbConn, ctx: &RequestCtx, tenant: TenantId, notice: Notice) -> StoreResult<()> {
-        let Some(t) = tenants::by_id(conn, tenant)? else { return Ok(()) };
+        self.record_notice(conn, ctx, tenant, notice, false).map(drop)
+    }
+
+    /// [`Service::notify`] for a notice the caller pushes to the queue right after the commit
+    /// (and may wait for, see [`Service::wait_delivered`]): the ids of its deliveries.
+    pub(super) fn notify_now(
+        &self,
+        conn: &mut DbConn,
+        ctx: &RequestCtx,
+        tenant: TenantId,
+        notice: Notice,
+    ) -> StoreResult<Vec<DeliveryId>> {
+        self.record_notice(conn, ctx, tenant, notice, true)
+    }
+
+    fn record_notice(
+        &self,
+        conn: &mut DbConn,
+        ctx: &RequestCtx,
+        tenant: TenantId,
+        notice: Notice,
+        pushed: bool,
+    ) -> StoreResult<Vec<DeliveryId>> {
+        let Some(t) = tenants::by_id(conn, tenant)? else { return Ok(Vec::new()) };
         let on = match notice.group() {
             NoticeGroup::Security => t.settings.notices.security,
             NoticeGroup::RecoveryRequests => t.settings.notices.recovery_requests,
         };
         if !on {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let Some(user) = users::by_id(conn, tenant, notice.user())? else { return Ok(()) };
+        let Some(user) = users::by_id(conn, tenant, notice.user())? else { return Ok(Vec::new()) };
         let me = || vec![(user.email.clone(), user.name.clone())];
         let (recipients, what): (Vec<(String, String)>, NoticeEvent) = match notice {
             Notice::RecoveryRequested { .. } => {
                 if user.role == Role::Admin {
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
                 let review_url = format!("{}/ui/{}/agents?tab=requested", self.server.public_url, t.slug);
                 let admins = users::admins(conn, tenant)?;
@@ -181,6 +204,7 @@ impl Service {
             Notice::ResetLinkUsed { .. } => (me(), NoticeEvent::ResetLinkUsed),
             Notice::PasswordChanged { .. } => (me(), NoticeEvent::PasswordChanged),
         };
+        let mut ids = Vec::with_capacity(recipients.len());
         for (to, recipient_name) in recipients {
             let mail = NoticeMail {
                 to,
@@ -192,9 +216,47 @@ impl Service {
                 user_agent: ctx.user_agent.clone(),
                 what: what.clone(),
             };
-            self.record_mail(conn, tenant, DeliveryKind::Notice, &MailPayload::Notice(mail), None, false, ctx.now)?;
+            let kind = DeliveryKind::Notice;
+            ids.push(self.record_mail(conn, tenant, kind, &MailPayload::Notice(mail), None, pushed, ctx.now)?);
         }
-        Ok(())
+        Ok(ids)
+    }
+
+    /// Pushes deliveries recorded with `pushed` (after their commit) and waits, at most
+    /// `LATCHKEY_NOTICE_WAIT_MS`, until the worker has finished them, so that the answer to
+    /// the change comes after its notice (an email change: the old address hears of it before
+    /// the admin's confirmation, DESIGN.md 5.6). A queue that refuses leaves them to the
+    /// sweep; the wait only ever delays the answer.
+    pub(super) async fn push_and_wait(&self, ids: Vec<DeliveryId>) {
+        for id in &ids {
+            if let Err(e) = self.outbox.enqueue(DeliveryJob { delivery_id: *id }).await {
+                tracing::warn!(error = %e, "a notice is left to the delivery sweep");
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.server.notice_wait;
+        let mut left = ids;
+        while !left.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            let check = left.clone();
+            let done = self
+                .store
+                .run(move |c| {
+                    let mut done = Vec::new();
+                    for id in check {
+                        let finished = deliveries::get(c, id)?
+                            .is_none_or(|d| !matches!(d.state, DeliveryState::Pending | DeliveryState::Sending));
+                        if finished {
+                            done.push(id);
+                        }
+                    }
+                    Ok(done)
+                })
+                .await;
+            match done {
+                Ok(done) => left.retain(|id| !done.contains(id)),
+                Err(_) => break,
+            }
+        }
     }
 
     /// Records a mail delivery of `payload` (sealed under the server key, bound to the new
