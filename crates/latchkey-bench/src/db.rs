@@ -191,6 +191,35 @@ pub fn insert_enrollments(conn: &mut PgConnection, rows: &[EnrollmentRow], now_m
     )
 }
 
+/// A recovery-code row (one unused code).
+#[derive(Debug, Clone)]
+pub struct RecoveryCodeRow {
+    /// Tenant id.
+    pub tenant_id: String,
+    /// User id.
+    pub user_id: String,
+    /// The keyed hash of the normalised code, bound to the user.
+    pub code_hash: Vec<u8>,
+}
+
+/// Bulk-inserts unused recovery codes.
+pub fn insert_recovery_codes(conn: &mut PgConnection, rows: &[RecoveryCodeRow], now_ms: i64) -> BenchResult<usize> {
+    insert_rows(
+        conn,
+        "recovery_codes",
+        "id, tenant_id, user_id, code_hash, created_at",
+        rows.iter().map(|r| {
+            format!(
+                "({}, {}, {}, {}, {now_ms})",
+                text(&uuid::Uuid::now_v7().to_string()),
+                text(&r.tenant_id),
+                text(&r.user_id),
+                bytea(&r.code_hash)
+            )
+        }),
+    )
+}
+
 /// A session row.
 #[derive(Debug, Clone)]
 pub struct SessionRow {

@@ -65,13 +65,14 @@ usage: cargo run --release -p latchkey-bench -- [options]
   --argon2-secs S       duration of L3                              [6]
   --verify-users N      enrolled users of the TOTP phase            [20000]
   --verify-tenants N    tenants they are spread over                [8]
+  --recovery-users N    users of the recovery-code phase (one code each) [5000]
   --signin-secs S       duration of the sign-in phase               [20]
   --signin-users N      users signing in, round robin               [512]
   --probe-rate R        /healthz requests per second meanwhile      [50]
   --email-rate R        email sends per second                      [200]
   --email-secs S        duration of the email phase                 [30]
   --tenants N           tenants touched in the actor phase          [100000]
-  --phases LIST         comma-separated subset of l1,l2,l3,verify,signin,email,actors [all]
+  --phases LIST         comma-separated subset of l1,l2,l3,verify,signin,email,recovery,actors [all]
   --rust-log FILTER     RUST_LOG of the service                     [info]
   --env KEY=VALUE       an extra variable for the service (repeatable), e.g. LATCHKEY_DB_POOL_SIZE=8
   --profile PHASE       record `perf` (system-wide) during that phase into target/bench/
@@ -92,6 +93,7 @@ struct Opts {
     argon2_secs: u64,
     verify_users: usize,
     verify_tenants: usize,
+    recovery_users: usize,
     signin_secs: u64,
     signin_users: usize,
     probe_rate: f64,
@@ -119,13 +121,14 @@ impl Default for Opts {
             argon2_secs: 6,
             verify_users: 20_000,
             verify_tenants: 8,
+            recovery_users: 5_000,
             signin_secs: 20,
             signin_users: 512,
             probe_rate: 50.0,
             email_rate: 200.0,
             email_secs: 30,
             tenants: 100_000,
-            phases: ["l1", "l2", "l3", "verify", "signin", "email", "actors"].map(String::from).to_vec(),
+            phases: ["l1", "l2", "l3", "verify", "signin", "email", "recovery", "actors"].map(String::from).to_vec(),
             rust_log: "info".into(),
             env: Vec::new(),
             profile: None,
@@ -155,6 +158,7 @@ impl Opts {
                 "--argon2-secs" => o.argon2_secs = num(flag, value()?)?,
                 "--verify-users" => o.verify_users = num(flag, value()?)?,
                 "--verify-tenants" => o.verify_tenants = num::<usize>(flag, value()?)?.max(1),
+                "--recovery-users" => o.recovery_users = num::<usize>(flag, value()?)?.max(1),
                 "--signin-secs" => o.signin_secs = num(flag, value()?)?,
                 "--signin-users" => o.signin_users = num::<usize>(flag, value()?)?.max(1),
                 "--probe-rate" => o.probe_rate = num(flag, value()?)?,
@@ -194,6 +198,7 @@ impl Opts {
             "argon2_secs": self.argon2_secs,
             "verify_users": self.verify_users,
             "verify_tenants": self.verify_tenants,
+            "recovery_users": self.recovery_users,
             "signin_secs": self.signin_secs,
             "signin_users": self.signin_users,
             "probe_rate": self.probe_rate,
@@ -459,11 +464,12 @@ impl Bench {
         let verify = self.load_verify_users(&mut conn, &cheap, now)?;
         let signin = self.load_signin_users(&mut conn, &real, now)?;
         let email = self.load_email_users(&mut conn, &cheap, now)?;
+        let recovery = self.load_recovery_users(&mut conn, &cheap, now)?;
         limits::prepare_l1(&mut conn)?;
         eprintln!("loaded in {:.1} s", t0.elapsed().as_secs_f64());
 
         let svc = self.env.serve(service::free_addr()?, self.opts.http_workers).await?;
-        let result = self.service_phases(&svc, verify, signin, email).await;
+        let result = self.service_phases(&svc, verify, signin, email, recovery).await;
         svc.stop();
         result?;
         if self.opts.runs("actors") {
@@ -478,6 +484,7 @@ impl Bench {
         verify: VerifyUsers,
         signin: Vec<String>,
         email: Vec<String>,
+        recovery: RecoveryUsers,
     ) -> BenchResult<()> {
         if self.opts.runs("l1") {
             eprintln!("L1: pgbench…");
@@ -538,6 +545,11 @@ impl Bench {
         }
         if self.opts.runs("email") {
             self.email(svc, email).await?;
+        }
+        // After the email phase: its sign-ins send notices, which the email phase would count
+        // as strangers.
+        if self.opts.runs("recovery") {
+            self.recovery(svc, recovery).await?;
         }
         Ok(())
     }
@@ -722,6 +734,100 @@ impl Bench {
                 "signin_setup": signed.json(),
                 "verify": out.json(),
             }),
+        );
+        Ok(())
+    }
+
+    /// Users with an authenticator and one recovery code each (stored as the service stores
+    /// them: the keyed hash of the normalised code, bound to the user), over
+    /// `--verify-tenants` tenants with 2FA on.
+    fn load_recovery_users(&self, conn: &mut diesel::PgConnection, hash: &str, now: i64) -> BenchResult<RecoveryUsers> {
+        if !self.opts.runs("recovery") {
+            return Ok(RecoveryUsers::default());
+        }
+        let tenants: Vec<TenantRow> = (0..self.opts.verify_tenants)
+            .map(|k| TenantRow {
+                id: uuid::Uuid::now_v7().to_string(),
+                slug: format!("bench-recovery-{k}"),
+                two_factor: true,
+                methods: 1,
+            })
+            .collect();
+        db::insert_tenants(conn, &tenants, now)?;
+        let mut users = Vec::with_capacity(self.opts.recovery_users);
+        let mut enrollments = Vec::with_capacity(self.opts.recovery_users);
+        let mut codes = Vec::with_capacity(self.opts.recovery_users);
+        let mut out = RecoveryUsers::default();
+        for i in 0..self.opts.recovery_users {
+            let tenant = &tenants[i % tenants.len()];
+            let id = uuid::Uuid::now_v7().to_string();
+            let secret = TotpSecret::generate();
+            let sealed = self.keys.seal(secret.as_bytes(), format!("totp:{id}").as_bytes());
+            let email = format!("r{i}@recovery.bench.test");
+            let code = latchkey_core::recovery_code::generate_set().swap_remove(0);
+            let normal = latchkey_core::recovery_code::normalize(&code).ok_or("a generated code does not normalise")?;
+            codes.push(db::RecoveryCodeRow {
+                tenant_id: tenant.id.clone(),
+                user_id: id.clone(),
+                code_hash: self.keys.recovery_code_hash(&id, &normal).to_vec(),
+            });
+            users.push(UserRow { id: id.clone(), tenant_id: tenant.id.clone(), email: email.clone(), role: "agent" });
+            enrollments.push(EnrollmentRow {
+                user_id: id,
+                tenant_id: tenant.id.clone(),
+                method: "authenticator",
+                secret_sealed: Some(sealed),
+            });
+            out.signin.push(sign_in_body(&tenant.slug, &email));
+            out.codes.push(code.to_string());
+        }
+        db::insert_users(conn, &users, hash, now)?;
+        db::insert_enrollments(conn, &enrollments, now)?;
+        db::insert_recovery_codes(conn, &codes, now)?;
+        Ok(out)
+    }
+
+    /// Recovery-code verify: every user signs in, then verifies once with his recovery code
+    /// (`method: "recovery_code"`); the verify requests are measured. Each sends its notice
+    /// ("a recovery code was used") before it answers, as in production.
+    async fn recovery(&mut self, svc: &Process, users: RecoveryUsers) -> BenchResult<()> {
+        eprintln!("recovery-code verify: {} users sign in…", users.codes.len());
+        let (signed, tokens) = self.collect_challenges(svc, users.signin).await;
+        let ready: Vec<usize> = (0..tokens.len()).filter(|&i| tokens[i].get().is_some()).collect();
+        eprintln!("recovery-code verify: {} challenges, verifying…", ready.len());
+        let host = Self::addr_host(svc);
+        let codes = Arc::new(users.codes);
+        let profiler = self.profile("recovery", svc);
+        let out = load::closed(
+            svc.addr,
+            self.opts.connections,
+            scenario(
+                move |i| {
+                    let user = *ready.get(i)?;
+                    let token = tokens[user].get()?;
+                    let code = &codes[user];
+                    let body = format!(r#"{{"challenge_token":"{token}","method":"recovery_code","code":"{code}"}}"#);
+                    Some(post_json(&host, "/api/v1/auth/2fa/verify", &body))
+                },
+                |_, r| {
+                    expect_status(r, 200)?;
+                    if r.json()["authentication_token"].is_string() { Ok(()) } else { Err("no session".into()) }
+                },
+            ),
+            None,
+        )
+        .await;
+        if let Some(p) = profiler {
+            p.stop();
+        }
+        let errors = out.errors + signed.errors;
+        if errors > 0 {
+            self.correct = false;
+            eprintln!("recovery-code verify: {errors} errors: {:?} {:?}", signed.first_error, out.first_error);
+        }
+        self.results.insert(
+            "recovery".into(),
+            json!({"users": self.opts.recovery_users, "signin_setup": signed.json(), "verify": out.json()}),
         );
         Ok(())
     }
@@ -970,6 +1076,13 @@ impl Bench {
         );
         Ok(())
     }
+}
+
+/// The users of the recovery-code phase: their sign-in bodies and recovery codes.
+#[derive(Default)]
+struct RecoveryUsers {
+    signin: Vec<String>,
+    codes: Vec<String>,
 }
 
 /// The users of the TOTP phase: their sign-in bodies and TOTP secrets.

@@ -22,6 +22,7 @@ mod deliver;
 mod error;
 mod message;
 mod queue;
+mod smtp;
 mod transport;
 mod webhook;
 mod worker;

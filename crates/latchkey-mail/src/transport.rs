@@ -12,6 +12,7 @@ use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, To
 
 use crate::config::TransportConfig;
 use crate::error::MailError;
+use crate::smtp::NoDelaySmtp;
 
 /// Where a message went once accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,15 +26,22 @@ pub(crate) enum Accepted {
 /// A configured transport. Cheap to clone (the SMTP pool is shared).
 #[derive(Clone)]
 pub(crate) enum Mailer {
+    /// `smtp://`: our connections with `TCP_NODELAY` ([`crate::smtp`]).
+    SmtpNoDelay(NoDelaySmtp),
+    /// `smtps://`: lettre's transport.
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
-    Outbox { staging: AsyncFileTransport<Tokio1Executor>, staging_dir: PathBuf, dir: PathBuf },
+    Outbox {
+        staging: AsyncFileTransport<Tokio1Executor>,
+        staging_dir: PathBuf,
+        dir: PathBuf,
+    },
 }
 
 impl std::fmt::Debug for Mailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             // The transport's Debug would show the server's credentials.
-            Mailer::Smtp(_) => f.write_str("Mailer::Smtp"),
+            Mailer::Smtp(_) | Mailer::SmtpNoDelay(_) => f.write_str("Mailer::Smtp"),
             Mailer::Outbox { dir, .. } => f.debug_struct("Mailer::Outbox").field("dir", dir).finish(),
         }
     }
@@ -47,6 +55,9 @@ impl Mailer {
     pub(crate) fn new(config: &TransportConfig, timeout: Duration) -> Result<Self, MailError> {
         match config {
             TransportConfig::Smtp(url) => {
+                if let Some(smtp) = NoDelaySmtp::from_url(url.0.trim(), timeout).map_err(MailError::Transport)? {
+                    return Ok(Mailer::SmtpNoDelay(smtp));
+                }
                 let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url.0.trim())
                     .map_err(|e| MailError::Transport(e.to_string()))?;
                 Ok(Mailer::Smtp(builder.timeout(Some(timeout)).build()))
@@ -61,6 +72,7 @@ impl Mailer {
     /// Sends (or writes) `message`. The error text never contains the message.
     pub(crate) async fn send(&self, message: Message) -> Result<Accepted, SendError> {
         match self {
+            Mailer::SmtpNoDelay(smtp) => smtp.send(&message).await.map(|()| Accepted::Smtp),
             Mailer::Smtp(smtp) => smtp.send(message).await.map(|_| Accepted::Smtp).map_err(|e| SendError {
                 // A 5xx answer, or a message the client cannot send at all (e.g. a non-ASCII
                 // address to a server without SMTPUTF8): retrying cannot help.
@@ -88,7 +100,7 @@ pub(crate) struct SendError {
 }
 
 impl SendError {
-    fn transient(reason: String) -> Self {
+    pub(crate) fn transient(reason: String) -> Self {
         Self { reason, permanent: false }
     }
 }
