@@ -29,7 +29,13 @@ fn done_text(done: &str) -> Option<String> {
     )
 }
 
-async fn account(st: &WebState, s: &Signed, notice: Option<String>, error: Option<String>, status: StatusCode) -> HttpResponse {
+async fn account(
+    st: &WebState,
+    s: &Signed,
+    notice: Option<String>,
+    error: Option<String>,
+    status: StatusCode,
+) -> HttpResponse {
     let overview = match st.service.two_factor_overview(&s.auth, s.ctx.now).await {
         Ok(o) => o,
         Err(e) => return common::error_page(s.chrome(st, "Account"), &e),
@@ -101,7 +107,8 @@ pub async fn change_password(st: St, req: HttpRequest, slug: Slug, body: web::By
         Ok(x) => x,
         Err(r) => return r,
     };
-    let (current, new, confirm) = (form.str("current_password"), form.str("new_password"), form.str("confirm_password"));
+    let (current, new, confirm) =
+        (form.str("current_password"), form.str("new_password"), form.str("confirm_password"));
     if current.is_empty() || new.is_empty() {
         let text = "Enter your current password and the new one.".to_owned();
         return account(&st, &s, None, Some(text), StatusCode::BAD_REQUEST).await;
@@ -190,7 +197,13 @@ fn setup_aad(s: &Signed) -> String {
     format!("ui-account-totp:{}", s.token)
 }
 
-fn authenticator_form(st: &WebState, s: &Signed, setup: &SealedSetup, error: Option<String>, status: StatusCode) -> HttpResponse {
+fn authenticator_form(
+    st: &WebState,
+    s: &Signed,
+    setup: &SealedSetup,
+    error: Option<String>,
+    status: StatusCode,
+) -> HttpResponse {
     let page = TotpPage {
         c: s.chrome(st, "Set up your authenticator app").error(error),
         csrf: common::csrf(st, &s.token),
@@ -242,7 +255,13 @@ pub async fn confirm_authenticator(st: St, req: HttpRequest, slug: Slug, body: w
     let Some(setup) = SealedSetup::open(&st, &req, &setup_aad(&s)) else { return back(&s, "none") };
     let code = form.str("code").trim();
     if !latchkey_core::otp::is_code_shape(code) {
-        return authenticator_form(&st, &s, &setup, Some("Enter the 6 digits the app shows.".into()), StatusCode::BAD_REQUEST);
+        return authenticator_form(
+            &st,
+            &s,
+            &setup,
+            Some("Enter the 6 digits the app shows.".into()),
+            StatusCode::BAD_REQUEST,
+        );
     }
     match st.service.confirm_method(&s.ctx, &s.auth, Method::Authenticator, &setup.token, code).await {
         Ok(_) => {
@@ -257,7 +276,14 @@ pub async fn confirm_authenticator(st: St, req: HttpRequest, slug: Slug, body: w
     }
 }
 
-fn step_up_form(st: &WebState, s: &Signed, enrolled: &[Method], notice: Option<String>, error: Option<String>, status: StatusCode) -> HttpResponse {
+fn step_up_form(
+    st: &WebState,
+    s: &Signed,
+    enrolled: &[Method],
+    notice: Option<String>,
+    error: Option<String>,
+    status: StatusCode,
+) -> HttpResponse {
     let methods = enrolled
         .iter()
         .map(|m| {

@@ -12,7 +12,9 @@ use latchkey_tenant::{Error, MethodChanges, NewUser, UserChanges};
 
 use crate::WebState;
 use crate::common::{self, ONCE, Signed, clear_cookie, describe, render, see_other, set_cookie};
-use crate::pages::{AgentsPage, AuditPage, EnableEmailPage, EnablePage, EventRow, RequestRow, SettingsPage, TotpPage, UserRow};
+use crate::pages::{
+    AgentsPage, AuditPage, EnableEmailPage, EnablePage, EventRow, RequestRow, SettingsPage, TotpPage, UserRow,
+};
 use crate::signin::{SealedSetup, query};
 
 type St = web::Data<WebState>;
@@ -47,7 +49,13 @@ fn done_of(req: &HttpRequest) -> Option<String> {
     query(req).iter().find(|(k, _)| k == "done").and_then(|(_, v)| done_text(v))
 }
 
-async fn settings(st: &WebState, s: &Signed, notice: Option<String>, error: Option<String>, status: StatusCode) -> HttpResponse {
+async fn settings(
+    st: &WebState,
+    s: &Signed,
+    notice: Option<String>,
+    error: Option<String>,
+    status: StatusCode,
+) -> HttpResponse {
     let view = st.service.settings_view(&s.auth.tenant);
     let roles = ROLES
         .iter()
@@ -158,7 +166,13 @@ pub async fn enable(st: St, req: HttpRequest, slug: Slug, body: web::Bytes) -> H
     }
 }
 
-fn confirm_form(st: &WebState, s: &Signed, setup: &SealedSetup, error: Option<String>, status: StatusCode) -> HttpResponse {
+fn confirm_form(
+    st: &WebState,
+    s: &Signed,
+    setup: &SealedSetup,
+    error: Option<String>,
+    status: StatusCode,
+) -> HttpResponse {
     if setup.uri.is_empty() {
         let c = s.chrome(st, "Turn on two-factor authentication").error(error);
         let masked = if setup.email_masked.is_empty() { "your address".to_owned() } else { setup.email_masked.clone() };
@@ -237,7 +251,8 @@ pub async fn methods(st: St, req: HttpRequest, slug: Slug, body: web::Bytes) -> 
     let of = |role: &str| -> MethodSet {
         form.0.iter().filter(|(k, _)| k == role).filter_map(|(_, v)| v.parse::<Method>().ok()).collect()
     };
-    let changes = MethodChanges { admin: Some(of("admin")), supervisor: Some(of("supervisor")), agent: Some(of("agent")) };
+    let changes =
+        MethodChanges { admin: Some(of("admin")), supervisor: Some(of("supervisor")), agent: Some(of("agent")) };
     if [changes.admin, changes.supervisor, changes.agent].iter().any(|m| m.is_some_and(|m| m.is_empty())) {
         let text = "Every role needs at least one method.".to_owned();
         return settings(&st, &s, None, Some(text), StatusCode::BAD_REQUEST).await;
@@ -294,7 +309,14 @@ pub async fn other_settings(st: St, req: HttpRequest, slug: Slug, body: web::Byt
 
 const PAGE: i64 = 50;
 
-async fn agents(st: &WebState, s: &Signed, req: &HttpRequest, notice: Option<String>, error: Option<String>, status: StatusCode) -> HttpResponse {
+async fn agents(
+    st: &WebState,
+    s: &Signed,
+    req: &HttpRequest,
+    notice: Option<String>,
+    error: Option<String>,
+    status: StatusCode,
+) -> HttpResponse {
     let qs = query(req);
     let requested = qs.iter().any(|(k, v)| k == "tab" && v == "requested");
     let cursor = qs.iter().find(|(k, _)| k == "cursor").and_then(|(_, v)| v.parse::<UserId>().ok());
@@ -434,7 +456,9 @@ pub async fn decide_request(st: St, req: HttpRequest, slug: Slug, body: web::Byt
     let approve = match form.str("decision") {
         "approve" => true,
         "dismiss" => false,
-        _ => return agents(&st, &s, &req, None, Some("Choose Dismiss or Reset.".into()), StatusCode::BAD_REQUEST).await,
+        _ => {
+            return agents(&st, &s, &req, None, Some("Choose Dismiss or Reset.".into()), StatusCode::BAD_REQUEST).await;
+        }
     };
     let Ok(id) = form.str("id").parse::<RecoveryRequestId>() else {
         return agents(&st, &s, &req, None, Some("Unknown request.".into()), StatusCode::BAD_REQUEST).await;
@@ -465,7 +489,12 @@ pub async fn audit_page(st: St, req: HttpRequest, slug: Slug) -> HttpResponse {
         k => match k.parse::<AuditKind>() {
             Ok(k) => Some(k),
             Err(_) => {
-                return common::message(StatusCode::BAD_REQUEST, s.chrome(&st, "Audit log"), "Invalid filter", "Unknown event kind.");
+                return common::message(
+                    StatusCode::BAD_REQUEST,
+                    s.chrome(&st, "Audit log"),
+                    "Invalid filter",
+                    "Unknown event kind.",
+                );
             }
         },
     };

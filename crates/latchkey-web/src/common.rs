@@ -151,7 +151,8 @@ pub struct Form(pub Vec<(String, String)>);
 impl Form {
     /// Parses an `application/x-www-form-urlencoded` body; `Err` names why it is refused.
     pub fn parse(body: &web::Bytes) -> Result<Self, &'static str> {
-        let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|_| "The form could not be read.")?;
+        let fields: Vec<(String, String)> =
+            serde_urlencoded::from_bytes(body).map_err(|_| "The form could not be read.")?;
         if fields.iter().any(|(k, v)| k.len() > 64 || v.len() > MAX_FIELD) {
             return Err("A field of the form is too long.");
         }
@@ -183,9 +184,7 @@ pub fn accept_post(
     binding: Option<&str>,
     chrome: &Chrome,
 ) -> Result<Form, HttpResponse> {
-    let refused = |text: &str| {
-        Err(message(StatusCode::FORBIDDEN, chrome.clone(), "Request refused", text))
-    };
+    let refused = |text: &str| Err(message(StatusCode::FORBIDDEN, chrome.clone(), "Request refused", text));
     if !same_origin(st, req) {
         return refused("This form was sent from another site, so it was refused. Nothing was changed.");
     }
@@ -194,10 +193,14 @@ pub fn accept_post(
         Err(why) => return Err(message(StatusCode::BAD_REQUEST, chrome.clone(), "Invalid form", why)),
     };
     let Some(binding) = binding else {
-        return refused("Your session has ended or this browser does not accept cookies. Open the page again and retry. Nothing was changed.");
+        return refused(
+            "Your session has ended or this browser does not accept cookies. Open the page again and retry. Nothing was changed.",
+        );
     };
     if !st.service.page_token_ok("csrf", binding, form.str(CSRF_FIELD)) {
-        return refused("The form's security token is missing or wrong (the page may be old). Open the page again and retry. Nothing was changed.");
+        return refused(
+            "The form's security token is missing or wrong (the page may be old). Open the page again and retry. Nothing was changed.",
+        );
     }
     Ok(form)
 }
@@ -315,10 +318,9 @@ pub fn describe(e: &Error) -> (StatusCode, String) {
         Error::MethodNotAllowed => (StatusCode::FORBIDDEN, "This method is not allowed here.".into()),
         Error::AlreadyEnrolled => (StatusCode::CONFLICT, "This method is set up already; sign in with it.".into()),
         Error::SetupRequired => (StatusCode::CONFLICT, "Set up the authenticator first.".into()),
-        Error::ResendTooSoon { retry_after } => (
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("A new code can be sent in {}. Please wait.", secs(*retry_after)),
-        ),
+        Error::ResendTooSoon { retry_after } => {
+            (StatusCode::TOO_MANY_REQUESTS, format!("A new code can be sent in {}. Please wait.", secs(*retry_after)))
+        }
         Error::SendLimitReached { retry_after } => (
             StatusCode::TOO_MANY_REQUESTS,
             format!("Too many codes were sent. Please wait {} before asking again.", secs(*retry_after)),

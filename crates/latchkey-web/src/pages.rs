@@ -165,6 +165,9 @@ pub struct EnableEmailPage {
     pub email_masked: String,
 }
 
+/// A role's method checkboxes: (role, label, [(method, label, allowed)]).
+pub type RoleMethods = (String, String, Vec<(String, String, bool)>);
+
 /// The two-factor settings.
 #[derive(Template)]
 #[template(path = "settings.html")]
@@ -172,7 +175,7 @@ pub struct SettingsPage {
     pub c: Chrome,
     pub enabled: bool,
     /// (role, label, [(method, label, allowed)]).
-    pub roles: Vec<(String, String, Vec<(String, String, bool)>)>,
+    pub roles: Vec<RoleMethods>,
     /// (role, label, recovery codes allowed, remember days).
     pub per_role: Vec<(String, String, bool, u32)>,
     pub max_days: u32,

@@ -92,7 +92,8 @@ pub async fn sign_in_page(st: St, req: HttpRequest, slug: Slug) -> HttpResponse 
         if state.len() > 512 {
             return message(StatusCode::BAD_REQUEST, chrome, "Invalid sign-in request", "The state is too long.");
         }
-        let h = Handoff { return_to: return_to.to_owned(), state: state.to_owned(), code_challenge: challenge.to_owned() };
+        let h =
+            Handoff { return_to: return_to.to_owned(), state: state.to_owned(), code_challenge: challenge.to_owned() };
         handoff_cookie = Some(set_cookie(&st, HANDOFF, &h.encode(), None));
     }
     let notice = match param(&qs, "done") {
@@ -378,7 +379,9 @@ pub async fn verify_code(st: St, req: HttpRequest, slug: Slug, body: web::Bytes)
             let m = if method == "email" { Method::Email } else { Method::Authenticator };
             st.service.verify(&ctx, &ch.token, m, &code, remember).await
         }
-        _ => return message(StatusCode::BAD_REQUEST, Chrome::of(&tenant, "Sign in"), "Invalid form", "Unknown method."),
+        _ => {
+            return message(StatusCode::BAD_REQUEST, Chrome::of(&tenant, "Sign in"), "Invalid form", "Unknown method.");
+        }
     };
     match result {
         Ok(issued) => finish_sign_in(&st, &req, &tenant, &issued),
@@ -478,7 +481,12 @@ pub struct SealedSetup {
 impl SealedSetup {
     /// From the use-case's setup.
     pub fn of(token: &str, setup: &TotpSetup) -> Self {
-        Self { token: token.into(), secret: setup.secret.clone(), uri: setup.otpauth_uri.clone(), email_masked: String::new() }
+        Self {
+            token: token.into(),
+            secret: setup.secret.clone(),
+            uri: setup.otpauth_uri.clone(),
+            email_masked: String::new(),
+        }
     }
 
     /// Sealed for a cookie bound to `aad`.

@@ -7,8 +7,9 @@ use latchkey_tenant::{RecoveryStarted, SignIn};
 
 use super::{code_shape, json};
 use crate::dto::{
-    AuthenticatorSetup, ChallengeRequest, ConfirmRequest, ConfirmResponse, EmailSentResponse, ExchangeRequest, RecoveryResponse,
-    ResetRequest, ResetResponse, SessionResponse, SignInRequest, SignInResponse, VerifyMethod, VerifyRequest,
+    AuthenticatorSetup, ChallengeRequest, ConfirmRequest, ConfirmResponse, EmailSentResponse, ExchangeRequest,
+    RecoveryResponse, ResetRequest, ResetResponse, SessionResponse, SignInRequest, SignInResponse, VerifyMethod,
+    VerifyRequest,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Authed, Ctx};

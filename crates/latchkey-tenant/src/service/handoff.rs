@@ -76,7 +76,15 @@ impl Service {
                 session.second_factor_at = found.second_factor_at;
                 sessions::insert(c, &session, &svc.keys.token_hash(TokenPurpose::Session, token.expose()))?;
                 let who = Some(user.id.to_string());
-                Service::audit(c, &ctx, user.tenant_id, who, Some(user.id), AuditKind::SignedIn, json!({"hand_off": true}))?;
+                Service::audit(
+                    c,
+                    &ctx,
+                    user.tenant_id,
+                    who,
+                    Some(user.id),
+                    AuditKind::SignedIn,
+                    json!({"hand_off": true}),
+                )?;
                 let view = svc.user_view(c, &user)?;
                 Ok(Ok(IssuedSession::new(token, session.expires_at, view)))
             })
