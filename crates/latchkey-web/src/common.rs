@@ -3,13 +3,13 @@
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use askama::Template;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use latchkey_core::{Role, SecretToken};
 use latchkey_store::model::Tenant;
-use latchkey_tenant::{Auth, Error, RequestCtx};
+use latchkey_tenant::{Auth, Error, PendingNotices, RequestCtx};
 use serde::{Deserialize, Serialize};
 
 use crate::WebState;
@@ -40,7 +40,18 @@ pub fn ctx(st: &WebState, req: &HttpRequest) -> RequestCtx {
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(512).collect::<String>());
     let ip = (st.client_ip)(req).map(|ip| ip.to_string());
-    RequestCtx { ip, user_agent, ..RequestCtx::at(st.clock.now()) }
+    // One set of pending notices per request, as the API's extractors keep it: the app's
+    // `deliver_notices` middleware (latchkey-api) delivers them before the answer leaves.
+    let existing = req.extensions().get::<PendingNotices>().cloned();
+    let notices = match existing {
+        Some(shared) => shared,
+        None => {
+            let fresh = PendingNotices::default();
+            req.extensions_mut().insert(fresh.clone());
+            fresh
+        }
+    };
+    RequestCtx { ip, user_agent, notices, ..RequestCtx::at(st.clock.now()) }
 }
 
 /// The value of cookie `name`.
