@@ -98,6 +98,11 @@ impl Core {
         state.request_timeout = Duration::from_secs(self.config.request_timeout_secs.max(1));
         state.docs = self.config.docs;
         state.outbox_probe = self.outbox_probe();
+        let proxies = Arc::new(self.config.trusted_proxies.clone());
+        let client_ip: latchkey_web::ClientIp =
+            Arc::new(move |req: &actix_web::HttpRequest| latchkey_api::extract::client_ip(req, &proxies));
+        let web = latchkey_web::WebState::new(state.service.clone(), self.clock.clone(), client_ip);
+        state.extra_routes = Some(Arc::new(latchkey_web::configure(web)));
         let limiter = state.ip_limiter.clone();
         actix_rt::spawn(async move {
             let mut every = actix_rt::time::interval(Duration::from_secs(60));

@@ -393,6 +393,22 @@ pub struct RecoveryResponse {
     pub email_masked: Option<String>,
 }
 
+/// `POST /api/v1/auth/exchange` body (DESIGN.md 5.7): the hand-off code `K` a hosted sign-in
+/// sent to the dashboard, and the PKCE verifier of the `code_challenge` (S256).
+#[derive(Deserialize, ToSchema)]
+pub struct ExchangeRequest {
+    /// The `code` of the return URL.
+    pub code: String,
+    /// The PKCE code verifier (RFC 7636: 43 to 128 characters).
+    pub code_verifier: String,
+}
+
+impl std::fmt::Debug for ExchangeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExchangeRequest(<redacted>)")
+    }
+}
+
 /// `POST /api/v1/auth/2fa/reset` body.
 #[derive(Deserialize, ToSchema)]
 pub struct ResetRequest {

@@ -23,7 +23,7 @@ use utoipa_actix_web::AppExt;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use metrics::HttpMetrics;
-pub use state::{AppState, OutboxProbe};
+pub use state::{AppState, ExtraRoutes, OutboxProbe};
 
 use crate::error::ApiError;
 use crate::handlers::{agents, audit, auth, me, operator, ops, recovery, reset_page, settings, two_factor};
@@ -95,6 +95,7 @@ where
         .service(auth::skip)
         .service(auth::recovery)
         .service(auth::reset)
+        .service(auth::exchange)
         .service(me::get_me)
         .service(me::patch_me)
         .service(me::change_password)
@@ -188,6 +189,7 @@ pub fn app(
     >,
 > {
     let docs = state.docs;
+    let extra = state.extra_routes.clone();
     let (app, doc) = register(
         App::new()
             .into_utoipa_app()
@@ -211,6 +213,11 @@ pub fn app(
         .configure(|cfg| {
             if docs {
                 cfg.service(SwaggerUi::new(DOCS_PATTERN).config(utoipa_swagger_ui::Config::from(OPENAPI_PATH)));
+            }
+        })
+        .configure(|cfg| {
+            if let Some(extra) = &extra {
+                extra(cfg);
             }
         })
         .default_service(web::to(unrouted))

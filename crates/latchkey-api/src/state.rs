@@ -10,6 +10,10 @@ use latchkey_core::Clock;
 use latchkey_core::metrics::Metrics;
 use latchkey_tenant::Service;
 
+/// Extra routes mounted into the app by the binary (the hosted pages under `/ui/`, crate
+/// `latchkey-web`), registered before the fallback 404/405.
+pub type ExtraRoutes = Arc<dyn Fn(&mut actix_web::web::ServiceConfig) + Send + Sync>;
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -32,6 +36,8 @@ pub struct AppState {
     /// With embedded mail, the check that the outbox directory can be written, run by
     /// `/readyz`; `None` with SMTP.
     pub outbox_probe: Option<OutboxProbe>,
+    /// Routes of other crates mounted beside the API (the hosted pages); `None`: none.
+    pub extra_routes: Option<ExtraRoutes>,
 }
 
 /// A blocking check (run on the blocking pool) that says why the outbox cannot be written.
@@ -66,6 +72,7 @@ impl AppState {
             request_timeout: std::time::Duration::from_secs(30),
             docs: true,
             outbox_probe: None,
+            extra_routes: None,
         }
     }
 }

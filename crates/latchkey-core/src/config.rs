@@ -92,6 +92,8 @@ pub struct Config {
     pub signin_per_ip_per_minute: u32,
     /// How recent a session's second factor must be for sensitive admin actions (default 300).
     pub step_up_secs: u64,
+    /// Lifetime of a hosted sign-in's hand-off code `K` (default 60, DESIGN.md 5.7).
+    pub handoff_code_ttl_secs: u64,
     /// Most days a tenant may let a trusted device last (default 90, DESIGN.md 5.4).
     pub remember_device_max_days: u32,
     /// Most days of a tenant's enrollment grace period (default 365, DESIGN.md 5.5).
@@ -191,6 +193,7 @@ impl Default for Config {
             signin_window_secs: 900,
             signin_per_ip_per_minute: 600,
             step_up_secs: 300,
+            handoff_code_ttl_secs: 60,
             remember_device_max_days: 90,
             enrollment_grace_max_days: 365,
             webauthn_rp_id: None,
@@ -323,6 +326,7 @@ impl Config {
             signin_max_failures: self.signin_max_failures,
             signin_window: secs(self.signin_window_secs),
             step_up: secs(self.step_up_secs),
+            handoff_code_ttl: secs(self.handoff_code_ttl_secs),
         }
     }
 }
@@ -354,6 +358,8 @@ pub struct Limits {
     pub signin_window: Duration,
     /// Freshness of the second factor required for sensitive actions.
     pub step_up: Duration,
+    /// Lifetime of a hosted sign-in's hand-off code (DESIGN.md 5.7).
+    pub handoff_code_ttl: Duration,
 }
 
 impl Default for Limits {

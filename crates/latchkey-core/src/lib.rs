@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod email;
+pub mod handoff;
 pub mod ids;
 pub mod metrics;
 pub mod names;

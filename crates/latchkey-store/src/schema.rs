@@ -201,6 +201,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    handoff_codes (code_hash) {
+        code_hash -> Binary,
+        tenant_id -> Text,
+        user_id -> Text,
+        code_challenge -> Text,
+        second_factor_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        used_at -> Nullable<BigInt>,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
 diesel::joinable!(recovery_requests -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -218,4 +231,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     recovery_codes,
     trusted_devices,
     webhooks,
+    handoff_codes,
 );

@@ -7,8 +7,9 @@ use latchkey_tenant::{RecoveryStarted, SignIn};
 
 use super::{code_shape, json};
 use crate::dto::{
-    AuthenticatorSetup, ChallengeRequest, ConfirmRequest, ConfirmResponse, EmailSentResponse, RecoveryResponse,
-    ResetRequest, ResetResponse, SessionResponse, SignInRequest, SignInResponse, VerifyMethod, VerifyRequest,
+    AuthenticatorSetup, ChallengeRequest, ConfirmRequest, ConfirmResponse, EmailSentResponse, ExchangeRequest,
+    RecoveryResponse, ResetRequest, ResetResponse, SessionResponse, SignInRequest, SignInResponse, VerifyMethod,
+    VerifyRequest,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Authed, Ctx};
@@ -233,4 +234,21 @@ pub async fn recovery(st: web::Data<AppState>, ctx: Ctx, body: web::Json<Challen
 pub async fn reset(st: web::Data<AppState>, ctx: Ctx, body: web::Json<ResetRequest>) -> ApiResult<HttpResponse> {
     st.service.reset_with_link(&ctx.0, &body.token).await?;
     Ok(json(StatusCode::OK, &ResetResponse { reset: true }))
+}
+
+/// Exchanges the hand-off code of a hosted sign-in (`return_to?code=K&state=S`) and its PKCE
+/// verifier for a session (DESIGN.md 5.7). `K` is single-use and lives 60 s.
+#[utoipa::path(
+    tag = "sign-in",
+    request_body = ExchangeRequest,
+    responses(
+        (status = 200, description = "Signed in", body = SessionResponse),
+        (status = 400, description = "`invalid_request`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "`invalid_code`: unknown, used or expired code, or a verifier that does not match", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/api/v1/auth/exchange")]
+pub async fn exchange(st: web::Data<AppState>, ctx: Ctx, body: web::Json<ExchangeRequest>) -> ApiResult<HttpResponse> {
+    let s = st.service.exchange_handoff(&ctx.0, &body.code, &body.code_verifier).await?;
+    Ok(json(StatusCode::OK, &SessionResponse::from(&s)))
 }

@@ -6,6 +6,7 @@ pub mod challenges;
 pub mod deliveries;
 pub mod email_codes;
 pub mod enrollments;
+pub mod handoff_codes;
 pub mod locks;
 pub mod recovery;
 pub mod recovery_codes;

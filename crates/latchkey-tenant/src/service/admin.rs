@@ -218,7 +218,8 @@ impl Service {
             .run(move |c| {
                 use latchkey_store::repo::{challenges, deliveries, email_codes, sessions, signin, trusted_devices};
                 Ok(Purged {
-                    sessions: sessions::purge_expired(c, now)?,
+                    sessions: sessions::purge_expired(c, now)?
+                        + latchkey_store::repo::handoff_codes::purge_expired(c, now)?,
                     challenges: challenges::purge_expired(c, now - day)?,
                     email_codes: email_codes::purge_before(c, now - keep_codes)?,
                     deliveries: deliveries::purge_before(

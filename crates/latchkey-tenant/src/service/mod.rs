@@ -8,6 +8,7 @@ mod devices;
 mod email_code;
 mod enroll;
 mod factor;
+mod handoff;
 mod notices;
 mod recovery;
 mod recovery_code_flow;
