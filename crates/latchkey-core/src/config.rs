@@ -103,6 +103,8 @@ pub struct Config {
     /// public URL.
     #[serde(deserialize_with = "comma_strings")]
     pub webauthn_origins: Vec<String>,
+    /// Most WebAuthn credentials (passkeys, security keys) per user (default 10, DESIGN.md 5.1).
+    pub webauthn_max_credentials: u32,
 
     /// Idle time after which a tenant's actor stops (default 600).
     pub tenant_idle_secs: u64,
@@ -195,6 +197,7 @@ impl Default for Config {
             enrollment_grace_max_days: 365,
             webauthn_rp_id: None,
             webauthn_origins: Vec::new(),
+            webauthn_max_credentials: 10,
             tenant_idle_secs: 600,
             policy_cache_ms: 1000,
             tenant_requests_per_second: 2000,
@@ -323,6 +326,7 @@ impl Config {
             signin_max_failures: self.signin_max_failures,
             signin_window: secs(self.signin_window_secs),
             step_up: secs(self.step_up_secs),
+            webauthn_max_credentials: self.webauthn_max_credentials,
         }
     }
 }
@@ -354,6 +358,8 @@ pub struct Limits {
     pub signin_window: Duration,
     /// Freshness of the second factor required for sensitive actions.
     pub step_up: Duration,
+    /// Most WebAuthn credentials per user.
+    pub webauthn_max_credentials: u32,
 }
 
 impl Default for Limits {

@@ -12,7 +12,7 @@ pub mod error;
 pub mod outbox;
 pub mod service;
 
-pub use actor::{ActorSettings, Registry};
+pub use actor::{ActorSettings, Registry, TenantWithVerifier, Verifier, build_verifier};
 pub use error::{Error, Result};
 pub use outbox::{DeliveryJob, MailPayload, MemoryOutbox, NoticeEvent, NoticeMail, Outbox, OutboxError};
 pub use service::*;
