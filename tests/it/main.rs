@@ -19,3 +19,5 @@ mod recovery;
 mod self_service;
 mod settings;
 mod signin;
+mod softauthn;
+mod webauthn;
