@@ -144,6 +144,8 @@ async fn refused_assertions_count_block_and_the_counter_rule() {
         app.user(&admin_token, &other, "agent").await;
         let mut stranger = SoftAuthenticator::new(ORIGIN);
         enroll(&app, &t, &other, &mut stranger).await;
+        assert_eq!(sign_in(&app, &t, &agent, &mut auth).await.status, 200);
+        let accepted = auth.keys[0].count;
 
         let ch = token_of(&app.challenge(&t, &agent).await);
         let r = app.post("/api/v1/auth/2fa/verify", json!({"challenge_token": ch, "method": "webauthn"})).await;
@@ -156,8 +158,7 @@ async fn refused_assertions_count_block_and_the_counter_rule() {
         let r = app.post("/api/v1/auth/2fa/verify", json!({"challenge_token": ch, "method": "webauthn", "credential": cred})).await;
         assert_eq!((r.status, r.body["attempts_remaining"].clone()), (401, json!(1)), "{r:?}");
         // A counter that does not grow: refused, counted (the block starts), audited.
-        let same = auth.keys[0].count;
-        let r = attempt(&app, &ch, &mut auth, &Forge { counter: Some(same), ..Forge::default() }).await;
+        let r = attempt(&app, &ch, &mut auth, &Forge { counter: Some(accepted), ..Forge::default() }).await;
         assert_eq!((r.status, r.body["attempts_remaining"].clone()), (401, json!(0)), "{r:?}");
         assert!(r.body["retry_after_seconds"].as_u64().unwrap() > 0);
         let events = app.get_as(&admin_token, "/api/v1/audit-events?kind=webauthn_counter_regressed").await;
