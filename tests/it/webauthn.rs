@@ -22,7 +22,8 @@ async fn world(app: &TestApp) -> (String, String, String) {
     let admin_token = app.token(&t, &admin(&t)).await;
     let agent = format!("agent@{t}.test");
     app.user(&admin_token, &agent, "agent").await;
-    let r = app.call("PUT", "/api/v1/settings/two-factor/methods", Some(json!({"agent": ALL3})), Some(&admin_token)).await;
+    let r =
+        app.call("PUT", "/api/v1/settings/two-factor/methods", Some(json!({"agent": ALL3})), Some(&admin_token)).await;
     assert_eq!(r.status, 200, "{r:?}");
     app.enable_authenticator(&admin_token).await;
     (t, admin_token, agent)
@@ -38,7 +39,8 @@ async fn enroll(app: &TestApp, t: &str, who: &str, auth: &mut SoftAuthenticator)
     let s = app.post("/api/v1/auth/2fa/webauthn/register/start", json!({"challenge_token": ch})).await;
     assert_eq!(s.status, 200, "{s:?}");
     let cred = auth.create(&s.body["options"]);
-    let r = app.post("/api/v1/auth/2fa/webauthn/register/finish", json!({"challenge_token": ch, "credential": cred})).await;
+    let r =
+        app.post("/api/v1/auth/2fa/webauthn/register/finish", json!({"challenge_token": ch, "credential": cred})).await;
     assert_eq!(r.status, 200, "{r:?}");
 }
 
@@ -75,7 +77,8 @@ async fn enrollment_options_and_refused_registrations() {
         assert_eq!(pk["attestation"], "none");
         assert_eq!(pk["authenticatorSelection"]["residentKey"], "preferred");
         assert_eq!(pk["authenticatorSelection"]["userVerification"], "preferred");
-        let algs: Vec<i64> = pk["pubKeyCredParams"].as_array().unwrap().iter().map(|p| p["alg"].as_i64().unwrap()).collect();
+        let algs: Vec<i64> =
+            pk["pubKeyCredParams"].as_array().unwrap().iter().map(|p| p["alg"].as_i64().unwrap()).collect();
         assert!(algs.contains(&-7) && algs.contains(&-257), "{algs:?}");
         let handle = unb64(pk["user"]["id"].as_str().unwrap());
         assert!(!handle.is_empty() && handle.len() <= 64 && !String::from_utf8_lossy(&handle).contains('@'));
@@ -97,7 +100,10 @@ async fn enrollment_options_and_refused_registrations() {
             assert_eq!((r.status, r.code()), (400, "invalid_credential"), "{r:?}");
         }
         // Not a PublicKeyCredential, bad base64url: 400 invalid_request, nothing stored.
-        for bad in [json!({"id": "AAAA", "type": "public-key"}), json!({"id": "x", "rawId": "%%%", "type": "public-key", "response": {}})] {
+        for bad in [
+            json!({"id": "AAAA", "type": "public-key"}),
+            json!({"id": "x", "rawId": "%%%", "type": "public-key", "response": {}}),
+        ] {
             let r = app
                 .post("/api/v1/auth/2fa/webauthn/register/finish", json!({"challenge_token": ct, "credential": bad}))
                 .await;
@@ -155,7 +161,9 @@ async fn refused_assertions_count_block_and_the_counter_rule() {
         // Another user's credential, presented on this user's ceremony.
         let s = app.post("/api/v1/auth/2fa/webauthn/authenticate/start", json!({"challenge_token": ch})).await;
         let cred = stranger.get(&s.body["options"]);
-        let r = app.post("/api/v1/auth/2fa/verify", json!({"challenge_token": ch, "method": "webauthn", "credential": cred})).await;
+        let r = app
+            .post("/api/v1/auth/2fa/verify", json!({"challenge_token": ch, "method": "webauthn", "credential": cred}))
+            .await;
         assert_eq!((r.status, r.body["attempts_remaining"].clone()), (401, json!(1)), "{r:?}");
         // A counter that does not grow: refused, counted (the block starts), audited.
         let r = attempt(&app, &ch, &mut auth, &Forge { counter: Some(accepted), ..Forge::default() }).await;
@@ -171,8 +179,11 @@ async fn refused_assertions_count_block_and_the_counter_rule() {
         // An earlier ceremony's assertion on a new sign-in: counted.
         let ch = token_of(&app.challenge(&t, &agent).await);
         let s = app.post("/api/v1/auth/2fa/webauthn/authenticate/start", json!({"challenge_token": ch})).await;
-        let old = auth.get_forged(&s.body["options"], &Forge { challenge: Some(vec![1; 32]), ..Forge::default() }, None);
-        let r = app.post("/api/v1/auth/2fa/verify", json!({"challenge_token": ch, "method": "webauthn", "credential": old})).await;
+        let old =
+            auth.get_forged(&s.body["options"], &Forge { challenge: Some(vec![1; 32]), ..Forge::default() }, None);
+        let r = app
+            .post("/api/v1/auth/2fa/verify", json!({"challenge_token": ch, "method": "webauthn", "credential": old}))
+            .await;
         assert_eq!((r.status, r.code()), (401, "invalid_code"), "{r:?}");
         app.stop().await;
     }
@@ -207,7 +218,12 @@ async fn a_tenant_relying_party_is_the_one_ceremonies_use() {
     app.call("PUT", "/api/v1/settings/two-factor/methods", Some(json!({"agent": ALL3})), Some(&admin_token)).await;
     let own = "http://app.localhost:8080";
     let r = app
-        .call("PUT", "/api/v1/settings/two-factor/webauthn", Some(json!({"rp_id": "app.localhost", "origins": [own]})), Some(&admin_token))
+        .call(
+            "PUT",
+            "/api/v1/settings/two-factor/webauthn",
+            Some(json!({"rp_id": "app.localhost", "origins": [own]})),
+            Some(&admin_token),
+        )
         .await;
     assert!(r.status == 200 || r.status == 204, "{r:?}");
     app.enable_authenticator(&admin_token).await;
@@ -215,12 +231,14 @@ async fn a_tenant_relying_party_is_the_one_ceremonies_use() {
     let s = app.post("/api/v1/auth/2fa/webauthn/register/start", json!({"challenge_token": ct})).await;
     assert_eq!(s.body["options"]["publicKey"]["rp"]["id"], "app.localhost");
     let cred = SoftAuthenticator::new(ORIGIN).create(&s.body["options"]);
-    let r = app.post("/api/v1/auth/2fa/webauthn/register/finish", json!({"challenge_token": ct, "credential": cred})).await;
+    let r =
+        app.post("/api/v1/auth/2fa/webauthn/register/finish", json!({"challenge_token": ct, "credential": cred})).await;
     assert_eq!((r.status, r.code()), (400, "invalid_credential"), "the default origin: {r:?}");
     let mut auth = SoftAuthenticator::new(own);
     let s = app.post("/api/v1/auth/2fa/webauthn/register/start", json!({"challenge_token": ct})).await;
     let cred = auth.create(&s.body["options"]);
-    let r = app.post("/api/v1/auth/2fa/webauthn/register/finish", json!({"challenge_token": ct, "credential": cred})).await;
+    let r =
+        app.post("/api/v1/auth/2fa/webauthn/register/finish", json!({"challenge_token": ct, "credential": cred})).await;
     assert_eq!(r.status, 200, "{r:?}");
     let r = sign_in(&app, &t, &agent, &mut auth).await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -234,9 +252,7 @@ async fn passwordless_sign_in() {
         let (t, admin_token, agent) = world(&app).await;
         let mut auth = SoftAuthenticator::new(ORIGIN);
         enroll(&app, &t, &agent, &mut auth).await;
-        let finish = |s: &Res, auth: &mut SoftAuthenticator, f: Forge| {
-            json!({"passkey_token": s.s("passkey_token"), "credential": auth.get_forged(&s.body["options"], &f, None)})
-        };
+        let finish = |s: &Res, auth: &mut SoftAuthenticator, f: Forge| json!({"passkey_token": s.s("passkey_token"), "credential": auth.get_forged(&s.body["options"], &f, None)});
         let s = app.post("/api/v1/auth/passkey/start", json!({"tenant": t})).await;
         assert_eq!(s.status, 200, "{s:?}");
         let r = app.post("/api/v1/auth/passkey/finish", finish(&s, &mut auth, Forge::default())).await;
@@ -296,8 +312,12 @@ async fn self_service_passkeys_and_resets() {
         phone.be = true;
         let s = app.post_as(&tok, "/api/v1/me/two-factor/webauthn/register/start", json!({})).await;
         assert_eq!(s.status, 200, "{s:?}");
-        let excluded: Vec<Value> =
-            s.body["options"]["publicKey"]["excludeCredentials"].as_array().unwrap().iter().map(|d| d["id"].clone()).collect();
+        let excluded: Vec<Value> = s.body["options"]["publicKey"]["excludeCredentials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].clone())
+            .collect();
         assert_eq!(excluded, vec![json!(desk.keys[0].id_b64())]);
         let cred = phone.create(&s.body["options"]);
         let body = json!({"setup_token": s.s("setup_token"), "credential": cred});
@@ -313,21 +333,33 @@ async fn self_service_passkeys_and_resets() {
         let s = app.post_as(&tok, "/api/v1/me/step-up/webauthn", json!({})).await;
         assert_eq!(s.status, 200, "{s:?}");
         let r = app
-            .post_as(&tok, "/api/v1/me/step-up", json!({"method": "webauthn", "credential": phone.get(&s.body["options"])}))
+            .post_as(
+                &tok,
+                "/api/v1/me/step-up",
+                json!({"method": "webauthn", "credential": phone.get(&s.body["options"])}),
+            )
             .await;
         assert!(r.status == 200 && r.body["verified_at"].is_string(), "{r:?}");
-        assert_eq!(app.call("DELETE", &format!("/api/v1/me/two-factor/webauthn/{id}"), None, Some(&tok)).await.status, 204);
+        assert_eq!(
+            app.call("DELETE", &format!("/api/v1/me/two-factor/webauthn/{id}"), None, Some(&tok)).await.status,
+            204
+        );
         let desk_id = desk.keys[0].id_b64();
         let r = app.call("DELETE", &format!("/api/v1/me/two-factor/webauthn/{desk_id}"), None, Some(&tok)).await;
         assert_eq!((r.status, r.code()), (409, "last_method"), "{r:?}");
-        let r = app.call("DELETE", &format!("/api/v1/me/two-factor/webauthn/{}", b64(&[3; 32])), None, Some(&tok)).await;
+        let r =
+            app.call("DELETE", &format!("/api/v1/me/two-factor/webauthn/{}", b64(&[3; 32])), None, Some(&tok)).await;
         assert_eq!(r.status, 404);
         // At most 10.
         for n in 2..=10 {
             let s = app.post_as(&tok, "/api/v1/me/two-factor/webauthn/register/start", json!({})).await;
             let cred = SoftAuthenticator::new(ORIGIN).create(&s.body["options"]);
             let r = app
-                .post_as(&tok, "/api/v1/me/two-factor/webauthn/register/finish", json!({"setup_token": s.s("setup_token"), "credential": cred}))
+                .post_as(
+                    &tok,
+                    "/api/v1/me/two-factor/webauthn/register/finish",
+                    json!({"setup_token": s.s("setup_token"), "credential": cred}),
+                )
                 .await;
             assert_eq!(r.status, 201, "passkey {n}: {r:?}");
         }
@@ -335,7 +367,8 @@ async fn self_service_passkeys_and_resets() {
         assert_eq!((s.status, s.code()), (400, "invalid_request"), "{s:?}");
         // The operator's reset deletes them with the other enrollments.
         let agent_id = app.get_as(&tok, "/api/v1/me").await.s("id");
-        let r = app.call("POST", &format!("/api/v1/tenants/{t}/users/{agent_id}/reset-2fa"), None, Some(OPERATOR)).await;
+        let r =
+            app.call("POST", &format!("/api/v1/tenants/{t}/users/{agent_id}/reset-2fa"), None, Some(OPERATOR)).await;
         assert_eq!(r.status, 200, "{r:?}");
         let uid: latchkey_core::UserId = agent_id.parse().unwrap();
         let left = app.core.store.run_blocking(move |c| latchkey_store::repo::webauthn::for_user(c, uid)).unwrap();

@@ -172,8 +172,8 @@ impl Handler<Enter> for TenantActor {
         let id = self.tenant.id;
         let with_verifier = msg.verifier;
         AtomicResponse::new(Box::pin(
-            async move { store.run(move |c| tenants::by_id(c, id)).await }.into_actor(self).map(move |loaded, act, _| {
-                match loaded {
+            async move { store.run(move |c| tenants::by_id(c, id)).await }.into_actor(self).map(
+                move |loaded, act, _| match loaded {
                     Ok(Some(tenant)) => {
                         act.tenant = tenant;
                         act.loaded_at = Instant::now();
@@ -182,8 +182,8 @@ impl Handler<Enter> for TenantActor {
                     }
                     Ok(None) => Err(Error::NotFound),
                     Err(e) => Err(e.into()),
-                }
-            }),
+                },
+            ),
         ))
     }
 }

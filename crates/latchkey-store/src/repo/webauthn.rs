@@ -179,7 +179,10 @@ pub struct PasskeyCeremony {
 
 impl std::fmt::Debug for PasskeyCeremony {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PasskeyCeremony").field("id", &self.id).field("tenant_id", &self.tenant_id).finish_non_exhaustive()
+        f.debug_struct("PasskeyCeremony")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -209,9 +212,8 @@ pub fn take_ceremony(conn: &mut DbConn, token_hash: &[u8], now: DateTime<Utc>) -
         .first(conn)
         .optional()?;
     let Some((id, tenant, state, created_at, expires_at)) = found else { return Ok(None) };
-    let n = diesel::update(pc::table.find(&id).filter(pc::used_at.is_null()))
-        .set(pc::used_at.eq(ms(now)))
-        .execute(conn)?;
+    let n =
+        diesel::update(pc::table.find(&id).filter(pc::used_at.is_null())).set(pc::used_at.eq(ms(now))).execute(conn)?;
     if n != 1 {
         return Ok(None);
     }

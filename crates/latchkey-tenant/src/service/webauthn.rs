@@ -331,7 +331,13 @@ impl Service {
     /// (step-up).
     ///
     /// Errors: `StepUpRequired`, `InvalidRequest` (a bad name), `NotFound`.
-    pub async fn rename_passkey(&self, ctx: &RequestCtx, auth: &Auth, id: &str, name: &str) -> Result<WebauthnCredential> {
+    pub async fn rename_passkey(
+        &self,
+        ctx: &RequestCtx,
+        auth: &Auth,
+        id: &str,
+        name: &str,
+    ) -> Result<WebauthnCredential> {
         self.require_fresh_factor(auth, ctx.now)?;
         let name = clean_name(name)?;
         let (user, tenant, id) = (auth.user.id, auth.tenant.id, id.to_owned());
@@ -454,7 +460,8 @@ impl Service {
         let Ceremony::Authenticate(state) = open_ceremony(self, &ceremony.state, &passkey_aad(&ceremony.id))? else {
             return Err(Error::InvalidCredentials);
         };
-        let handle = credential.get_user_unique_id().map(|h| URL_SAFE_NO_PAD.encode(h)).ok_or(Error::InvalidCredentials)?;
+        let handle =
+            credential.get_user_unique_id().map(|h| URL_SAFE_NO_PAD.encode(h)).ok_or(Error::InvalidCredentials)?;
         let id = credential_id(credential.get_credential_id());
         let svc = self.clone();
         let ctx = ctx.clone();
@@ -469,7 +476,8 @@ impl Service {
                 let Some((tenant, user)) = locks::tenant_then_user(c, tenant_id, TenantLock::Share, user_id)? else {
                     return Ok(Err(Error::InvalidCredentials));
                 };
-                if !tenant.settings.passkey_sign_in || !tenant.policy.methods_for(user.role).contains(Method::Webauthn) {
+                if !tenant.settings.passkey_sign_in || !tenant.policy.methods_for(user.role).contains(Method::Webauthn)
+                {
                     return Ok(Err(Error::InvalidCredentials));
                 }
                 if svc.blocked(&user, Method::Webauthn.as_str(), now).is_some() {
@@ -489,7 +497,8 @@ impl Service {
                 users::set_verified(c, user.id, Method::Webauthn)?;
                 let (token, session) = svc.issue_session(c, &user, true, now)?;
                 let who = Some(user.id.to_string());
-                let detail = json!({"passkey": true, "second_factor": true, "method": Method::Webauthn, "credential_id": id});
+                let detail =
+                    json!({"passkey": true, "second_factor": true, "method": Method::Webauthn, "credential_id": id});
                 Service::audit(c, &ctx, tenant_id, who, Some(user.id), AuditKind::SignedIn, detail)?;
                 svc.metrics.otp_verifications.with_label_values(&[Method::Webauthn.as_str(), "success"]).inc();
                 let mut user = user;
@@ -508,8 +517,17 @@ impl Service {
     fn passkey_refused(&self, conn: &mut DbConn, ctx: &RequestCtx, user: &User, refused: &Checked) -> StoreResult<()> {
         let who = Some(user.id.to_string());
         if let Checked::CounterRegressed { credential_id, counter, stored } = refused {
-            let detail = json!({"credential_id": credential_id, "counter": counter, "stored_counter": stored, "passkey": true});
-            Service::audit(conn, ctx, user.tenant_id, who.clone(), Some(user.id), AuditKind::WebauthnCounterRegressed, detail)?;
+            let detail =
+                json!({"credential_id": credential_id, "counter": counter, "stored_counter": stored, "passkey": true});
+            Service::audit(
+                conn,
+                ctx,
+                user.tenant_id,
+                who.clone(),
+                Some(user.id),
+                AuditKind::WebauthnCounterRegressed,
+                detail,
+            )?;
         }
         self.metrics.otp_verifications.with_label_values(&[Method::Webauthn.as_str(), "invalid"]).inc();
         let detail = json!({"method": Method::Webauthn, "reason": "invalid", "passkey": true});

@@ -19,7 +19,9 @@ use serde_json::json;
 
 pub use authenticator::TotpSetup;
 pub(super) use authenticator::{pending_aad, totp_setup};
-pub(super) use webauthn::{Ceremony, ceremony_aad, check_assertion, credential_id, default_name, open_ceremony, record_of};
+pub(super) use webauthn::{
+    Ceremony, ceremony_aad, check_assertion, credential_id, default_name, open_ceremony, record_of,
+};
 
 use super::{Notice, RequestCtx, Service};
 

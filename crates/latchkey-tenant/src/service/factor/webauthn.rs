@@ -155,4 +155,3 @@ pub(in crate::service) fn default_name(existing: &[WebauthnCredential]) -> Strin
         n += 1;
     }
 }
-
