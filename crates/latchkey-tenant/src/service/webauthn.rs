@@ -146,6 +146,7 @@ impl Service {
     /// RP id hash, challenge, flags, attestation `none` or a verifiable one, algorithm), it is
     /// stored with its name, and the user is enrolled in webauthn (audited `enrolled`, his
     /// other challenges and codes void, a notice). The ceremony is used up by any attempt.
+    #[allow(clippy::too_many_arguments)]
     fn finish_registration(
         &self,
         conn: &mut DbConn,
