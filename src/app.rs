@@ -66,8 +66,10 @@ impl Core {
             idle: Duration::from_secs(self.config.tenant_idle_secs),
             policy_ttl: Duration::from_millis(self.config.policy_cache_ms),
             requests_per_second: self.config.tenant_requests_per_second,
+            ceremony_timeout: Duration::from_secs(self.config.challenge_ttl_secs),
         };
-        let registry = Registry::new(arbiter, self.store.clone(), settings, self.metrics.clone());
+        let registry =
+            Registry::new(arbiter, self.store.clone(), settings, self.metrics.clone(), self.config.relying_party());
         Ok(Service::new(
             self.store.clone(),
             self.keys.clone(),

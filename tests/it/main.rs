@@ -19,4 +19,6 @@ mod recovery;
 mod self_service;
 mod settings;
 mod signin;
+mod softauthn;
 mod web;
+mod webauthn;

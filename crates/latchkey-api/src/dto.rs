@@ -269,6 +269,8 @@ pub enum VerifyMethod {
     Email,
     /// One of the user's recovery codes.
     RecoveryCode,
+    /// A WebAuthn assertion (`credential`), after `webauthn/authenticate/start`.
+    Webauthn,
 }
 
 impl From<&latchkey_tenant::EmailSent> for EmailSentResponse {
@@ -293,6 +295,10 @@ pub struct VerifyRequest {
     /// letter case, with or without its hyphen (`xxxxx-xxxxx`).
     #[schema(example = "012345")]
     pub code: Option<String>,
+    /// For `webauthn`: the browser's `PublicKeyCredential` as JSON (`{id, rawId, type,
+    /// response: {clientDataJSON, authenticatorData, signature, userHandle?}}`, base64url).
+    #[schema(value_type = Option<Object>)]
+    pub credential: Option<serde_json::Value>,
     /// Remember this device where the role allows it (DESIGN.md 5.4).
     #[serde(default)]
     pub remember_device: bool,
@@ -839,6 +845,8 @@ pub struct TwoFactorOverviewDto {
     pub recovery_codes: Option<RecoveryCodesState>,
     /// Live trusted devices.
     pub trusted_devices: Vec<DeviceDto>,
+    /// The user's passkeys and security keys, oldest first.
+    pub webauthn: Vec<CredentialDto>,
 }
 
 impl From<&latchkey_tenant::TwoFactorOverview> for TwoFactorOverviewDto {
@@ -855,6 +863,7 @@ impl From<&latchkey_tenant::TwoFactorOverview> for TwoFactorOverviewDto {
                 .recovery_codes
                 .map(|s| RecoveryCodesState { remaining: s.remaining, created_at: s.created_at }),
             trusted_devices: o.trusted_devices.iter().map(DeviceDto::from).collect(),
+            webauthn: o.webauthn.iter().map(CredentialDto::from).collect(),
         }
     }
 }
@@ -862,11 +871,14 @@ impl From<&latchkey_tenant::TwoFactorOverview> for TwoFactorOverviewDto {
 /// `POST /api/v1/me/step-up` body.
 #[derive(Deserialize, ToSchema)]
 pub struct StepUpRequest {
-    /// `authenticator` or `email` (recovery codes do not step up).
+    /// `authenticator`, `email` or `webauthn` (recovery codes do not step up).
     pub method: Method,
-    /// Exactly 6 ASCII digits, as a string.
+    /// Exactly 6 ASCII digits, as a string (`authenticator`, `email`).
     #[schema(example = "012345")]
     pub code: Option<String>,
+    /// The browser's `PublicKeyCredential` as JSON (`webauthn`, after `step-up/webauthn`).
+    #[schema(value_type = Option<Object>)]
+    pub credential: Option<serde_json::Value>,
 }
 
 impl std::fmt::Debug for StepUpRequest {
@@ -949,6 +961,132 @@ pub struct RecoveryCodesResponse {
     pub created_at: DateTime<Utc>,
 }
 
+/// WebAuthn options: `{"publicKey": {…}}`, binary fields base64url without padding, ready for
+/// `navigator.credentials.create()` / `get()` after decoding (DESIGN.md 5.1).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebauthnOptions {
+    /// `PublicKeyCredentialCreationOptions` or `…RequestOptions` under `publicKey`.
+    #[schema(value_type = Object)]
+    pub options: serde_json::Value,
+}
+
+/// `POST /api/v1/auth/2fa/webauthn/register/finish` body.
+#[derive(Deserialize, ToSchema)]
+pub struct WebauthnRegisterRequest {
+    /// The `enroll` challenge's token.
+    pub challenge_token: String,
+    /// The browser's `PublicKeyCredential` as JSON (`{id, rawId, type, response:
+    /// {clientDataJSON, attestationObject, transports?}}`, base64url).
+    #[schema(value_type = Object)]
+    pub credential: serde_json::Value,
+    /// A name for it (default `Passkey N`).
+    pub name: Option<String>,
+}
+
+impl std::fmt::Debug for WebauthnRegisterRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebauthnRegisterRequest").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/me/two-factor/webauthn/register/start` answer.
+#[derive(Serialize, ToSchema)]
+pub struct PasskeyAdded {
+    /// Token for `register/finish`: bound to this session, single-use.
+    pub setup_token: String,
+    /// The creation options, `{"publicKey": {…}}`.
+    #[schema(value_type = Object)]
+    pub options: serde_json::Value,
+}
+
+/// `POST /api/v1/me/two-factor/webauthn/register/finish` body.
+#[derive(Deserialize, ToSchema)]
+pub struct PasskeyFinishRequest {
+    /// The setup token of `register/start`.
+    pub setup_token: String,
+    /// The browser's `PublicKeyCredential` as JSON.
+    #[schema(value_type = Object)]
+    pub credential: serde_json::Value,
+    /// A name for it (default `Passkey N`).
+    pub name: Option<String>,
+}
+
+impl std::fmt::Debug for PasskeyFinishRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasskeyFinishRequest").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// `Credential`: one of a user's passkeys or security keys (DESIGN.md 5.1).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialDto {
+    /// The credential id, base64url without padding.
+    pub id: String,
+    /// The user's name for it.
+    pub name: String,
+    /// When it was registered.
+    pub created_at: DateTime<Utc>,
+    /// When it last verified a sign-in or step-up.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Transports the authenticator reported (`usb`, `nfc`, `ble`, `internal`, `hybrid`).
+    pub transports: Vec<String>,
+    /// Whether it may be synced or backed up (a multi-device passkey: the BE flag).
+    pub backup_eligible: bool,
+}
+
+impl From<&latchkey_store::model::WebauthnCredential> for CredentialDto {
+    fn from(c: &latchkey_store::model::WebauthnCredential) -> Self {
+        Self {
+            id: c.credential_id.clone(),
+            name: c.name.clone(),
+            created_at: c.created_at,
+            last_used_at: c.last_used_at,
+            transports: c.transports.clone(),
+            backup_eligible: c.backup_eligible,
+        }
+    }
+}
+
+/// `PATCH /api/v1/me/two-factor/webauthn/{id}` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RenameRequest {
+    /// The new name (1 to 200 characters, no control or invisible characters).
+    pub name: String,
+}
+
+/// `POST /api/v1/auth/passkey/start` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PasskeyStartRequest {
+    /// The tenant's slug.
+    pub tenant: String,
+}
+
+/// `POST /api/v1/auth/passkey/start` answer.
+#[derive(Serialize, ToSchema)]
+pub struct PasskeyStartResponse {
+    /// Token for `passkey/finish` (single-use, the challenge lifetime).
+    pub passkey_token: String,
+    /// The request options: a discoverable credential, user verification required.
+    #[schema(value_type = Object)]
+    pub options: serde_json::Value,
+}
+
+/// `POST /api/v1/auth/passkey/finish` body.
+#[derive(Deserialize, ToSchema)]
+pub struct PasskeySignInRequest {
+    /// The token of `passkey/start`.
+    pub passkey_token: String,
+    /// The browser's `PublicKeyCredential` as JSON (with `userHandle`).
+    #[schema(value_type = Object)]
+    pub credential: serde_json::Value,
+}
+
+impl std::fmt::Debug for PasskeySignInRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasskeySignInRequest").finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -959,6 +1097,7 @@ mod tests {
             challenge_token: "challenge-secret".into(),
             method: VerifyMethod::Email,
             code: Some("123456".into()),
+            credential: None,
             remember_device: true,
         };
         let shown = format!("{verify:?}");
@@ -978,7 +1117,7 @@ mod tests {
         };
         let shown = format!("{session:?}");
         assert!(!shown.contains("session-secret") && !shown.contains("device-secret"), "{shown}");
-        let step_up = StepUpRequest { method: Method::Email, code: Some("112233".into()) };
+        let step_up = StepUpRequest { method: Method::Email, code: Some("112233".into()), credential: None };
         assert!(!format!("{step_up:?}").contains("112233"));
         let setup = SetupConfirmRequest { setup_token: "setup-secret".into(), code: "445566".into() };
         let shown = format!("{setup:?}");

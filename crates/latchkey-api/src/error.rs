@@ -38,6 +38,7 @@ pub struct Problem {
 /// DESIGN.md and the OpenAPI document).
 pub const CODES: &[(&str, u16)] = &[
     ("invalid_request", 400),
+    ("invalid_credential", 400),
     ("unauthenticated", 401),
     ("invalid_credentials", 401),
     ("invalid_challenge", 401),
@@ -164,7 +165,7 @@ impl ApiError {
 
 fn domain_status(e: &Domain) -> StatusCode {
     match e {
-        Domain::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+        Domain::InvalidRequest(_) | Domain::InvalidCredential(_) => StatusCode::BAD_REQUEST,
         Domain::Unauthenticated
         | Domain::InvalidCredentials
         | Domain::InvalidChallenge
@@ -237,6 +238,7 @@ mod tests {
             Domain::Forbidden,
             Domain::NotFound,
             Domain::InvalidCredentials,
+            Domain::InvalidCredential(String::new()),
             Domain::RateLimited { retry_after: 1 },
             Domain::TenantExists,
             Domain::EmailTaken,
@@ -297,7 +299,8 @@ mod tests {
             ("rate_limited", 429),
             ("resend_too_soon", 429),
             ("send_limit_reached", 429),
-            // DESIGN.md 5.8 "New problem codes" (`invalid_credential` comes with WebAuthn).
+            // DESIGN.md 5.8 "New problem codes".
+            ("invalid_credential", 400),
             ("last_method", 409),
             ("enrollment_required", 403),
         ] {

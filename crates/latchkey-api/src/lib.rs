@@ -26,7 +26,7 @@ pub use metrics::HttpMetrics;
 pub use state::{AppState, ExtraRoutes, OutboxProbe};
 
 use crate::error::ApiError;
-use crate::handlers::{agents, audit, auth, me, operator, ops, recovery, reset_page, settings, two_factor};
+use crate::handlers::{agents, audit, auth, me, operator, ops, recovery, reset_page, settings, two_factor, webauthn};
 use crate::routes::RouteTable;
 
 struct SecuritySchemes;
@@ -96,6 +96,11 @@ where
         .service(auth::recovery)
         .service(auth::reset)
         .service(auth::exchange)
+        .service(webauthn::register_start)
+        .service(webauthn::register_finish)
+        .service(webauthn::authenticate_start)
+        .service(webauthn::passkey_start)
+        .service(webauthn::passkey_finish)
         .service(me::get_me)
         .service(me::patch_me)
         .service(me::change_password)
@@ -114,6 +119,11 @@ where
         .service(two_factor::devices)
         .service(two_factor::revoke_devices)
         .service(two_factor::revoke_device)
+        .service(webauthn::step_up_start)
+        .service(webauthn::add_start)
+        .service(webauthn::add_finish)
+        .service(webauthn::rename)
+        .service(webauthn::remove)
         .service(settings::get_settings)
         .service(settings::enable)
         .service(settings::enable_confirm)

@@ -105,6 +105,8 @@ pub struct Config {
     /// public URL.
     #[serde(deserialize_with = "comma_strings")]
     pub webauthn_origins: Vec<String>,
+    /// Most WebAuthn credentials (passkeys, security keys) per user (default 10, DESIGN.md 5.1).
+    pub webauthn_max_credentials: u32,
 
     /// Idle time after which a tenant's actor stops (default 600).
     pub tenant_idle_secs: u64,
@@ -198,6 +200,7 @@ impl Default for Config {
             enrollment_grace_max_days: 365,
             webauthn_rp_id: None,
             webauthn_origins: Vec::new(),
+            webauthn_max_credentials: 10,
             tenant_idle_secs: 600,
             policy_cache_ms: 1000,
             tenant_requests_per_second: 2000,
@@ -327,6 +330,7 @@ impl Config {
             signin_window: secs(self.signin_window_secs),
             step_up: secs(self.step_up_secs),
             handoff_code_ttl: secs(self.handoff_code_ttl_secs),
+            webauthn_max_credentials: self.webauthn_max_credentials,
         }
     }
 }
@@ -360,6 +364,8 @@ pub struct Limits {
     pub step_up: Duration,
     /// Lifetime of a hosted sign-in's hand-off code (DESIGN.md 5.7).
     pub handoff_code_ttl: Duration,
+    /// Most WebAuthn credentials per user.
+    pub webauthn_max_credentials: u32,
 }
 
 impl Default for Limits {

@@ -127,6 +127,8 @@ pub enum TokenPurpose {
     Reset,
     /// A trusted device's `device_token` (DESIGN.md 5.4).
     Device,
+    /// A passwordless sign-in ceremony's `passkey_token` (DESIGN.md 5.1).
+    Passkey,
 }
 
 impl TokenPurpose {
@@ -136,6 +138,7 @@ impl TokenPurpose {
             TokenPurpose::Challenge => b"challenge",
             TokenPurpose::Reset => b"reset",
             TokenPurpose::Device => b"device",
+            TokenPurpose::Passkey => b"passkey",
         }
     }
 }

@@ -74,18 +74,22 @@ pub enum Method {
     Authenticator,
     /// A one-time code sent to the user's registered email address.
     Email,
+    /// A passkey or security key (W3C Web Authentication, DESIGN.md 5.1). Never in the
+    /// default allowed lists.
+    Webauthn,
 }
 
 impl Method {
     /// Every method, in display order. A method's place here is its bit in a [`MethodSet`]
     /// (stored): append new methods, never reorder.
-    pub const ALL: [Method; 2] = [Method::Authenticator, Method::Email];
+    pub const ALL: [Method; 3] = [Method::Authenticator, Method::Email, Method::Webauthn];
 
-    /// The wire name (`authenticator`, `email`).
+    /// The wire name (`authenticator`, `email`, `webauthn`).
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Authenticator => "authenticator",
             Method::Email => "email",
+            Method::Webauthn => "webauthn",
         }
     }
 
@@ -109,7 +113,7 @@ impl FromStr for Method {
 }
 
 /// A set of methods, stored as a bit mask (bit `i` = `Method::ALL[i]`: 1 = authenticator,
-/// 2 = email).
+/// 2 = email, 4 = webauthn).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct MethodSet(u8);
 
@@ -180,7 +184,8 @@ mod tests {
         assert_eq!(MethodSet::BOTH.intersect(email), email);
         assert_eq!(MethodSet::from_bits(MethodSet::BOTH.bits()), MethodSet::BOTH);
         assert_eq!(MethodSet::BOTH.to_vec(), vec![Method::Authenticator, Method::Email]);
-        assert!(MethodSet::from_bits(4).is_empty());
+        assert!(MethodSet::from_bits(8).is_empty());
+        assert_eq!(MethodSet::from_bits(4).to_vec(), vec![Method::Webauthn]);
     }
 
     #[test]

@@ -430,3 +430,28 @@ impl TrustedDevice {
         self.revoked_at.is_none() && self.expires_at > now
     }
 }
+
+/// A WebAuthn credential of a user (DESIGN.md 5.1): a passkey or security key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebauthnCredential {
+    /// The tenant (whose relying party it was registered with).
+    pub tenant_id: TenantId,
+    /// The credential id, base64url without padding (unique within the tenant).
+    pub credential_id: String,
+    /// The user.
+    pub user_id: UserId,
+    /// The user's name for it (default `Passkey N`).
+    pub name: String,
+    /// webauthn-rs's record of the credential as JSON (public key, flags, policy; no secret).
+    pub credential: String,
+    /// The last signature counter accepted.
+    pub sign_count: i64,
+    /// The transports the authenticator reported (`usb`, `internal`, `hybrid`, …).
+    pub transports: Vec<String>,
+    /// The backup-eligible (BE) flag at registration: a synced passkey.
+    pub backup_eligible: bool,
+    /// Registration time.
+    pub created_at: DateTime<Utc>,
+    /// When it last verified a sign-in or step-up.
+    pub last_used_at: Option<DateTime<Utc>>,
+}

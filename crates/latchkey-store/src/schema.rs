@@ -82,6 +82,7 @@ diesel::table! {
         created_at -> BigInt,
         expires_at -> BigInt,
         ended_at -> Nullable<BigInt>,
+        ceremony -> Nullable<Binary>,
     }
 }
 
@@ -214,6 +215,41 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webauthn_credentials (tenant_id, credential_id) {
+        tenant_id -> Text,
+        credential_id -> Text,
+        user_id -> Text,
+        name -> Text,
+        credential -> Text,
+        sign_count -> BigInt,
+        transports -> Text,
+        backup_eligible -> Bool,
+        created_at -> BigInt,
+        last_used_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    webauthn_handles (user_id) {
+        user_id -> Text,
+        tenant_id -> Text,
+        handle -> Text,
+    }
+}
+
+diesel::table! {
+    passkey_ceremonies (id) {
+        id -> Text,
+        token_hash -> Binary,
+        tenant_id -> Text,
+        state -> Binary,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        used_at -> Nullable<BigInt>,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
 diesel::joinable!(recovery_requests -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -232,4 +268,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     trusted_devices,
     webhooks,
     handoff_codes,
+    webauthn_credentials,
+    webauthn_handles,
+    passkey_ceremonies,
 );

@@ -8,6 +8,10 @@
 //! holds the mailbox until it is done. No blocking work runs inside a handler: the reload
 //! goes to the store's blocking pool. Security counters (wrong passwords, wrong codes, send
 //! windows) are not here: they live in the store, so limits hold across processes.
+//!
+//! With the policy the actor keeps the tenant's WebAuthn verifier (DESIGN.md 5.1): built once
+//! from the tenant's relying party (its own, or the server's default) and rebuilt only when a
+//! reload brings another relying party or tenant name.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -19,6 +23,7 @@ use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use latchkey_core::TenantId;
 use latchkey_core::metrics::Metrics;
+use latchkey_core::settings::RelyingParty;
 use latchkey_store::Store;
 use latchkey_store::model::Tenant;
 use latchkey_store::repo::tenants;
@@ -34,12 +39,56 @@ pub struct ActorSettings {
     pub policy_ttl: Duration,
     /// Requests per second (and burst) of one tenant.
     pub requests_per_second: u32,
+    /// The `timeout` WebAuthn ceremonies announce to the browser (the challenge lifetime).
+    pub ceremony_timeout: Duration,
 }
 
-/// Ask the actor for the tenant (policy included), spending one request of its budget.
+/// A tenant's WebAuthn verifier: webauthn-rs's relying party for its RP id and origins.
+pub type Verifier = webauthn_rs_core::WebauthnCore;
+
+/// The verifier of relying party `rp` named `name` (the tenant's name), announcing `timeout`.
+///
+/// Errors: `Internal` for an origin that is not a URL (tenant settings are checked when set;
+/// the server's default comes from `LATCHKEY_PUBLIC_URL` or `LATCHKEY_WEBAUTHN_ORIGINS`).
+pub fn build_verifier(rp: &RelyingParty, name: &str, timeout: Duration) -> Result<Verifier> {
+    let origins = rp
+        .origins
+        .iter()
+        .map(|o| url::Url::parse(o).map_err(|e| Error::Internal(format!("WebAuthn origin {o:?}: {e}"))))
+        .collect::<Result<Vec<_>>>()?;
+    let name = if name.trim().is_empty() { "Latchkey" } else { name };
+    Ok(webauthn_rs_core::WebauthnCore::new_unsafe_experts_only(
+        name,
+        &rp.rp_id,
+        origins,
+        timeout,
+        Some(false),
+        Some(false),
+    ))
+}
+
+/// The tenant with its verifier.
+#[derive(Clone)]
+pub struct TenantWithVerifier {
+    /// The tenant, policy included.
+    pub tenant: Tenant,
+    /// The verifier of the tenant's relying party.
+    pub verifier: Arc<Verifier>,
+}
+
+impl std::fmt::Debug for TenantWithVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantWithVerifier").field("tenant", &self.tenant.id).finish_non_exhaustive()
+    }
+}
+
+/// Ask the actor for the tenant (policy included), spending one request of its budget; with
+/// `verifier`, its WebAuthn verifier too.
 #[derive(Message)]
-#[rtype(result = "Result<Tenant>")]
-struct Enter;
+#[rtype(result = "Result<(Tenant, Option<Arc<Verifier>>)>")]
+struct Enter {
+    verifier: bool,
+}
 
 /// Drop the cached policy (after a change made in this process).
 #[derive(Message)]
@@ -56,6 +105,30 @@ pub struct TenantActor {
     registry: Weak<Inner>,
     store: Store,
     settings: ActorSettings,
+    /// The server's default relying party (for tenants without their own).
+    default_rp: RelyingParty,
+    /// The verifier, with the relying party and name it was built for.
+    verifier: Option<(RelyingParty, String, Arc<Verifier>)>,
+}
+
+impl TenantActor {
+    /// The answer to `Enter`: the cached tenant, and its verifier when asked (built when
+    /// missing or when the relying party or name changed).
+    fn entered(&mut self, with_verifier: bool) -> Result<(Tenant, Option<Arc<Verifier>>)> {
+        if !with_verifier {
+            return Ok((self.tenant.clone(), None));
+        }
+        let rp = self.tenant.settings.webauthn.clone().unwrap_or_else(|| self.default_rp.clone());
+        let verifier = match &self.verifier {
+            Some((built_rp, name, v)) if *built_rp == rp && *name == self.tenant.name => v.clone(),
+            _ => {
+                let v = Arc::new(build_verifier(&rp, &self.tenant.name, self.settings.ceremony_timeout)?);
+                self.verifier = Some((rp, self.tenant.name.clone(), v.clone()));
+                v
+            }
+        };
+        Ok((self.tenant.clone(), Some(verifier)))
+    }
 }
 
 impl Actor for TenantActor {
@@ -83,9 +156,9 @@ impl Actor for TenantActor {
 }
 
 impl Handler<Enter> for TenantActor {
-    type Result = AtomicResponse<Self, Result<Tenant>>;
+    type Result = AtomicResponse<Self, Result<(Tenant, Option<Arc<Verifier>>)>>;
 
-    fn handle(&mut self, _: Enter, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Enter, _ctx: &mut Self::Context) -> Self::Result {
         self.last_used = Instant::now();
         if let Err(not_until) = self.limiter.check() {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -93,23 +166,24 @@ impl Handler<Enter> for TenantActor {
             return AtomicResponse::new(Box::pin(fut::ready(Err(Error::RateLimited { retry_after }))));
         }
         if !self.stale && self.loaded_at.elapsed() < self.settings.policy_ttl {
-            return AtomicResponse::new(Box::pin(fut::ready(Ok(self.tenant.clone()))));
+            return AtomicResponse::new(Box::pin(fut::ready(self.entered(msg.verifier))));
         }
         let store = self.store.clone();
         let id = self.tenant.id;
+        let with_verifier = msg.verifier;
         AtomicResponse::new(Box::pin(
-            async move { store.run(move |c| tenants::by_id(c, id)).await }.into_actor(self).map(|loaded, act, _| {
-                match loaded {
+            async move { store.run(move |c| tenants::by_id(c, id)).await }.into_actor(self).map(
+                move |loaded, act, _| match loaded {
                     Ok(Some(tenant)) => {
                         act.tenant = tenant;
                         act.loaded_at = Instant::now();
                         act.stale = false;
-                        Ok(act.tenant.clone())
+                        act.entered(with_verifier)
                     }
                     Ok(None) => Err(Error::NotFound),
                     Err(e) => Err(e.into()),
-                }
-            }),
+                },
+            ),
         ))
     }
 }
@@ -135,6 +209,7 @@ struct Inner {
     store: Store,
     settings: ActorSettings,
     metrics: Metrics,
+    default_rp: RelyingParty,
 }
 
 impl Inner {
@@ -153,8 +228,15 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// A registry whose actors run on `arbiter` (a dedicated one in production).
-    pub fn new(arbiter: ArbiterHandle, store: Store, settings: ActorSettings, metrics: Metrics) -> Self {
+    /// A registry whose actors run on `arbiter` (a dedicated one in production); `default_rp`
+    /// is the server's WebAuthn relying party, for tenants without their own.
+    pub fn new(
+        arbiter: ArbiterHandle,
+        store: Store,
+        settings: ActorSettings,
+        metrics: Metrics,
+        default_rp: RelyingParty,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 arbiter,
@@ -163,6 +245,7 @@ impl Registry {
                 store,
                 settings,
                 metrics,
+                default_rp,
             }),
         }
     }
@@ -182,6 +265,7 @@ impl Registry {
         let burst = NonZeroU32::new(settings.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
         let registry = Arc::downgrade(&self.inner);
         let store = self.inner.store.clone();
+        let default_rp = self.inner.default_rp.clone();
         let addr = TenantActor::start_in_arbiter(&self.inner.arbiter, move |_| TenantActor {
             tenant,
             loaded_at: Instant::now(),
@@ -191,6 +275,8 @@ impl Registry {
             registry,
             store,
             settings,
+            default_rp,
+            verifier: None,
         });
         actors.insert(id, addr.clone());
         addr
@@ -204,6 +290,31 @@ impl Registry {
     ///
     /// Errors: `NotFound` for an unknown tenant, `RateLimited` past the tenant's budget.
     pub async fn enter(&self, id: TenantId) -> Result<Tenant> {
+        Ok(self.enter_as(id, false).await?.0)
+    }
+
+    /// The tenant `id` with its WebAuthn verifier, like [`Registry::enter`].
+    ///
+    /// Errors: those of [`Registry::enter`], and `Internal` for a relying party whose origins
+    /// are not URLs.
+    pub async fn enter_with_verifier(&self, id: TenantId) -> Result<TenantWithVerifier> {
+        match self.enter_as(id, true).await? {
+            (tenant, Some(verifier)) => Ok(TenantWithVerifier { tenant, verifier }),
+            (_, None) => Err(Error::Internal("tenant actor gave no verifier".into())),
+        }
+    }
+
+    /// The server's default relying party.
+    pub fn default_relying_party(&self) -> &RelyingParty {
+        &self.inner.default_rp
+    }
+
+    /// The settings of the actors.
+    pub fn settings(&self) -> ActorSettings {
+        self.inner.settings
+    }
+
+    async fn enter_as(&self, id: TenantId, verifier: bool) -> Result<(Tenant, Option<Arc<Verifier>>)> {
         for _ in 0..3 {
             let addr = match self.running_addr(id) {
                 Some(addr) => addr,
@@ -213,7 +324,7 @@ impl Registry {
                     self.spawn(tenant)
                 }
             };
-            match addr.send(Enter).await {
+            match addr.send(Enter { verifier }).await {
                 Ok(result) => return result,
                 // The actor stopped (idle) between lookup and send: start a new one.
                 Err(_) => self.inner.remove_if_same(id, &addr),

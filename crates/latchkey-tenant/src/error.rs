@@ -21,6 +21,11 @@ pub enum Error {
     /// Unknown tenant, unknown email or wrong password, indistinguishably (401).
     #[error("the tenant, email or password is wrong")]
     InvalidCredentials,
+    /// A WebAuthn registration that does not verify (400 `invalid_credential`, DESIGN.md 5.1):
+    /// origin, RP id hash, challenge, flags, attestation, or a credential id already
+    /// registered. The detail names the reason; nothing is stored.
+    #[error("the credential does not verify: {0}")]
+    InvalidCredential(String),
     /// Too many requests or wrong passwords (429 `rate_limited`).
     #[error("too many attempts; retry later")]
     RateLimited {
@@ -141,6 +146,7 @@ impl Error {
             Error::Forbidden => "forbidden",
             Error::NotFound => "not_found",
             Error::InvalidCredentials => "invalid_credentials",
+            Error::InvalidCredential(_) => "invalid_credential",
             Error::RateLimited { .. } => "rate_limited",
             Error::TenantExists => "tenant_exists",
             Error::EmailTaken => "email_taken",

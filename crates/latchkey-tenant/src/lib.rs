@@ -12,7 +12,13 @@ pub mod error;
 pub mod outbox;
 pub mod service;
 
-pub use actor::{ActorSettings, Registry};
+pub use actor::{ActorSettings, Registry, TenantWithVerifier, Verifier, build_verifier};
 pub use error::{Error, Result};
 pub use outbox::{DeliveryJob, MailPayload, MemoryOutbox, NoticeEvent, NoticeMail, Outbox, OutboxError};
 pub use service::*;
+
+/// The JSON forms of the browser's WebAuthn answers (webauthn-rs's types), as the API parses
+/// `credential` (DESIGN.md 5.1).
+pub mod webauthn_json {
+    pub use webauthn_rs_core::proto::{PublicKeyCredential, RegisterPublicKeyCredential};
+}

@@ -297,6 +297,9 @@ pub fn describe(e: &Error) -> (StatusCode, String) {
         Error::Forbidden => (StatusCode::FORBIDDEN, "Your role may not do this.".into()),
         Error::NotFound => (StatusCode::NOT_FOUND, "Not found.".into()),
         Error::InvalidCredentials => (StatusCode::UNAUTHORIZED, "The email or password is wrong.".into()),
+        Error::InvalidCredential(_) => {
+            (StatusCode::BAD_REQUEST, "This passkey or security key could not be registered. Please try again.".into())
+        }
         Error::RateLimited { retry_after } => (
             StatusCode::TOO_MANY_REQUESTS,
             format!("Too many attempts. Please wait {} and try again.", secs(*retry_after)),

@@ -146,7 +146,8 @@ pub async fn email_send(
     Ok(json(StatusCode::ACCEPTED, &EmailSentResponse::from(&sent)))
 }
 
-/// Verifies a code and signs in.
+/// Verifies a code (or, with `method: "webauthn"`, a passkey assertion after
+/// `webauthn/authenticate/start`) and signs in. A refused assertion counts as a wrong code.
 #[utoipa::path(
     tag = "second factor",
     request_body = VerifyRequest,
@@ -161,8 +162,13 @@ pub async fn email_send(
 )]
 #[post("/api/v1/auth/2fa/verify")]
 pub async fn verify(st: web::Data<AppState>, ctx: Ctx, body: web::Json<VerifyRequest>) -> ApiResult<HttpResponse> {
-    let code = body.code.as_deref().ok_or_else(|| ApiError::InvalidRequest("code is required".into()))?;
     let remember = body.remember_device;
+    if body.method == VerifyMethod::Webauthn {
+        let credential = super::parse_credential(body.credential.as_ref())?;
+        let s = st.service.verify_webauthn(&ctx.0, &body.challenge_token, credential, remember).await?;
+        return Ok(json(StatusCode::OK, &SessionResponse::from(&s)));
+    }
+    let code = body.code.as_deref().ok_or_else(|| ApiError::InvalidRequest("code is required".into()))?;
     let s = match body.method {
         VerifyMethod::RecoveryCode => {
             let code = latchkey_core::recovery_code::normalize(code).ok_or_else(|| {
@@ -170,7 +176,7 @@ pub async fn verify(st: web::Data<AppState>, ctx: Ctx, body: web::Json<VerifyReq
             })?;
             st.service.verify_recovery_code(&ctx.0, &body.challenge_token, &code, remember).await?
         }
-        VerifyMethod::Authenticator | VerifyMethod::Email => {
+        VerifyMethod::Authenticator | VerifyMethod::Email | VerifyMethod::Webauthn => {
             let method = if body.method == VerifyMethod::Email { Method::Email } else { Method::Authenticator };
             st.service.verify(&ctx.0, &body.challenge_token, method, code_shape(code)?, remember).await?
         }

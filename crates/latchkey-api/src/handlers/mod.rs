@@ -11,6 +11,7 @@ pub mod recovery;
 pub mod reset_page;
 pub mod settings;
 pub mod two_factor;
+pub mod webauthn;
 
 use actix_web::HttpResponse;
 use actix_web::http::header;
@@ -59,4 +60,14 @@ pub fn paginate<T>(mut items: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> Stri
     } else {
         (items, None)
     }
+}
+
+/// Parses a `credential` member (the browser's `PublicKeyCredential` as JSON, DESIGN.md 5.1)
+/// into webauthn-rs's type.
+///
+/// Errors: 400 `invalid_request` for any other shape (missing members, binary fields that are
+/// not base64url), not counted as an attempt.
+pub fn parse_credential<T: serde::de::DeserializeOwned>(value: Option<&serde_json::Value>) -> Result<T, ApiError> {
+    let value = value.ok_or_else(|| ApiError::InvalidRequest("credential is required".into()))?;
+    T::deserialize(value).map_err(|e| ApiError::InvalidRequest(format!("credential is not a PublicKeyCredential: {e}")))
 }

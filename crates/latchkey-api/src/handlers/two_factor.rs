@@ -68,6 +68,11 @@ pub async fn step_up(
     authed: Authed,
     body: web::Json<StepUpRequest>,
 ) -> ApiResult<HttpResponse> {
+    if body.method == Method::Webauthn {
+        let credential = super::parse_credential(body.credential.as_ref())?;
+        let at = st.service.step_up_webauthn(&authed.ctx, &authed.auth, credential).await?;
+        return Ok(json(StatusCode::OK, &StepUpResponse { verified_at: at }));
+    }
     let code = body.code.as_deref().ok_or_else(|| ApiError::InvalidRequest("code is required".into()))?;
     let at = st.service.step_up(&authed.ctx, &authed.auth, body.method, code_shape(code)?).await?;
     Ok(json(StatusCode::OK, &StepUpResponse { verified_at: at }))

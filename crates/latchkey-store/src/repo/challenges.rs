@@ -109,10 +109,35 @@ pub fn set_pending_secret(conn: &mut DbConn, id: ChallengeId, sealed: &[u8]) -> 
     Ok(())
 }
 
+/// Stores the sealed state of a WebAuthn ceremony on an open challenge (replacing an earlier
+/// one: only the newest ceremony of a challenge can finish). Returns whether the challenge
+/// was still open.
+pub fn set_ceremony(conn: &mut DbConn, id: ChallengeId, sealed: &[u8]) -> StoreResult<bool> {
+    let n = diesel::update(c::table.find(id.to_string()).filter(c::ended_at.is_null()))
+        .set(c::ceremony.eq(Some(sealed.to_vec())))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Takes the sealed ceremony state of a challenge: returns it and clears it in one
+/// conditional update, so that one ceremony is finished at most once however many requests
+/// race (`None` when there is none, or another request took it).
+pub fn take_ceremony(conn: &mut DbConn, id: ChallengeId) -> StoreResult<Option<Vec<u8>>> {
+    let Some(sealed) =
+        c::table.find(id.to_string()).select(c::ceremony).first::<Option<Vec<u8>>>(conn).optional()?.flatten()
+    else {
+        return Ok(None);
+    };
+    let n = diesel::update(c::table.find(id.to_string()).filter(c::ceremony.eq(sealed.clone())))
+        .set(c::ceremony.eq(None::<Vec<u8>>))
+        .execute(conn)?;
+    Ok((n == 1).then_some(sealed))
+}
+
 /// Ends a challenge if it is still open; returns whether this call ended it.
 pub fn end(conn: &mut DbConn, id: ChallengeId, now: DateTime<Utc>) -> StoreResult<bool> {
     let n = diesel::update(c::table.find(id.to_string()).filter(c::ended_at.is_null()))
-        .set((c::ended_at.eq(ms(now)), c::pending_secret.eq(None::<Vec<u8>>)))
+        .set((c::ended_at.eq(ms(now)), c::pending_secret.eq(None::<Vec<u8>>), c::ceremony.eq(None::<Vec<u8>>)))
         .execute(conn)?;
     Ok(n == 1)
 }
@@ -128,7 +153,7 @@ pub fn end_for_user(
     Ok(diesel::update(
         c::table.filter(c::user_id.eq(user.to_string())).filter(c::ended_at.is_null()).filter(c::id.ne(keep)),
     )
-    .set((c::ended_at.eq(ms(now)), c::pending_secret.eq(None::<Vec<u8>>)))
+    .set((c::ended_at.eq(ms(now)), c::pending_secret.eq(None::<Vec<u8>>), c::ceremony.eq(None::<Vec<u8>>)))
     .execute(conn)?)
 }
 
@@ -150,7 +175,7 @@ pub fn end_for_tenant(
             .filter(c::ended_at.is_null())
             .filter(c::id.ne(keep)),
     )
-    .set((c::ended_at.eq(ms(now)), c::pending_secret.eq(None::<Vec<u8>>)))
+    .set((c::ended_at.eq(ms(now)), c::pending_secret.eq(None::<Vec<u8>>), c::ceremony.eq(None::<Vec<u8>>)))
     .execute(conn)?)
 }
 

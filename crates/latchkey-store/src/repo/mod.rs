@@ -17,6 +17,7 @@ pub mod tenants;
 pub mod totp_sign_in;
 pub mod trusted_devices;
 pub mod users;
+pub mod webauthn;
 pub mod webhooks;
 
 /// A page of a list: at most `limit` items after the `after` cursor (an id).

@@ -202,6 +202,8 @@ pub struct Purged {
     pub signin_attempts: usize,
     /// Trusted devices expired for longer than a day.
     pub trusted_devices: usize,
+    /// Passwordless sign-in ceremonies expired for longer than a day.
+    pub passkey_ceremonies: usize,
 }
 
 impl Service {
@@ -229,6 +231,7 @@ impl Service {
                     )?,
                     signin_attempts: signin::purge_before(c, now - window)?,
                     trusted_devices: trusted_devices::purge_expired(c, now - day)?,
+                    passkey_ceremonies: latchkey_store::repo::webauthn::purge_expired_ceremonies(c, now - day)?,
                 })
             })
             .await?)

@@ -124,6 +124,30 @@ impl Service {
         })
     }
 
+    /// A WebAuthn assertion whose signature counter did not grow: audited
+    /// `webauthn_counter_regressed` (with the credential and both counts), then counted like
+    /// a wrong code (DESIGN.md 5.1).
+    pub(super) fn on_counter_regressed(
+        &self,
+        conn: &mut DbConn,
+        ctx: &RequestCtx,
+        user: &User,
+        credential_id: &str,
+        counter: u32,
+        stored: i64,
+    ) -> StoreResult<Error> {
+        Service::audit(
+            conn,
+            ctx,
+            user.tenant_id,
+            Some(user.id.to_string()),
+            Some(user.id),
+            AuditKind::WebauthnCounterRegressed,
+            json!({"credential_id": credential_id, "counter": counter, "stored_counter": stored}),
+        )?;
+        self.on_failure(conn, ctx, user, Method::Webauthn.as_str(), false)
+    }
+
     /// A replayed TOTP step: refused with the attempts left, not counted.
     pub(super) fn on_replay(&self, user: &User, factor: &'static str, now: DateTime<Utc>) -> Error {
         self.metrics.otp_verifications.with_label_values(&[factor, "replayed"]).inc();

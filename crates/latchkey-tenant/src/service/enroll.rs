@@ -30,7 +30,7 @@ impl Service {
         totp_setup(&secret, &loc.tenant, &loc.user)
     }
 
-    fn require_enrollment_of(&self, loc: &Located, method: Method) -> Result<()> {
+    pub(super) fn require_enrollment_of(&self, loc: &Located, method: Method) -> Result<()> {
         if loc.challenge.next != NextAction::Enroll {
             return Err(Error::AlreadyEnrolled);
         }
@@ -80,6 +80,9 @@ impl Service {
                     Checked::Replayed => Ok(Err(svc.on_replay(&user, Method::Authenticator.as_str(), now))),
                     Checked::Wrong { expired } => {
                         Ok(Err(svc.on_failure(c, &ctx, &user, Method::Authenticator.as_str(), expired)?))
+                    }
+                    Checked::CounterRegressed { .. } => {
+                        Ok(Err(svc.on_failure(c, &ctx, &user, Method::Authenticator.as_str(), false)?))
                     }
                     Checked::Accepted { enroll: None, .. } | Checked::NotEnrolled => Ok(Err(Error::SetupRequired)),
                 }

@@ -18,6 +18,7 @@ mod settings;
 mod signin;
 mod step_up;
 mod verify;
+mod webauthn;
 
 use std::sync::Arc;
 
@@ -50,6 +51,7 @@ pub use recovery_code_flow::{RECOVERY_CODE, RecoveryCodes};
 pub use self_service::{MethodSetup, TwoFactorOverview};
 pub use settings::{EnableSetup, MethodChanges, SettingsView};
 pub use signin::{ChallengeView, IssuedDevice, IssuedSession, SignIn};
+pub use webauthn::PasskeyStart;
 
 use crate::actor::Registry;
 use crate::error::{Error, Result};
@@ -446,6 +448,7 @@ impl Service {
     fn reset_second_factor(conn: &mut DbConn, ctx: &RequestCtx, user: &User) -> StoreResult<()> {
         let now = ctx.now;
         enrollments::delete_for_user(conn, user.id)?;
+        latchkey_store::repo::webauthn::delete_for_user(conn, user.id)?;
         recovery_codes::delete_for_user(conn, user.id)?;
         users::set_lockout(conn, user.id, OtpLockout::default())?;
         users::set_preferred(conn, user.id, None)?;

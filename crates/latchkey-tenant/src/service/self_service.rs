@@ -9,7 +9,7 @@ use latchkey_core::totp::TotpSecret;
 use latchkey_core::{AuditKind, Method, MethodSet, SecretToken};
 use latchkey_store::model::{ChallengePurpose, Enrollment, NextAction, RecoveryCodeSet, TrustedDevice, User};
 use latchkey_store::repo::locks::{self, TenantLock};
-use latchkey_store::repo::{challenges, email_codes, enrollments, recovery_codes, trusted_devices, users};
+use latchkey_store::repo::{challenges, email_codes, enrollments, recovery_codes, trusted_devices, users, webauthn};
 use latchkey_store::{DbConn, StoreResult};
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -35,6 +35,8 @@ pub struct TwoFactorOverview {
     pub recovery_codes: Option<RecoveryCodeSet>,
     /// Live trusted devices.
     pub trusted_devices: Vec<TrustedDevice>,
+    /// The WebAuthn credentials (passkeys, security keys), oldest first.
+    pub webauthn: Vec<latchkey_store::model::WebauthnCredential>,
 }
 
 /// A method being added: the setup token and what the method needs.
@@ -63,6 +65,7 @@ impl Service {
                     email: find(Method::Email),
                     recovery_codes: recovery_codes::set_of(c, user.id)?,
                     trusted_devices: trusted_devices::live_for_user(c, user.id, now)?,
+                    webauthn: webauthn::for_user(c, user.id)?,
                 })
             })
             .await?)
@@ -71,7 +74,7 @@ impl Service {
     /// What every self-service change checks first: `method` is allowed for the role
     /// (`MethodNotAllowed`), and the session's second factor is fresh while the user has an
     /// enrolled method (`StepUpRequired`).
-    async fn may_change(&self, ctx: &RequestCtx, auth: &Auth, method: Method) -> Result<()> {
+    pub(super) async fn may_change(&self, ctx: &RequestCtx, auth: &Auth, method: Method) -> Result<()> {
         if !auth.tenant.policy.methods_for(auth.user.role).contains(method) {
             return Err(Error::MethodNotAllowed);
         }
@@ -83,7 +86,7 @@ impl Service {
     }
 
     /// Opens a setup bound to the session for `method`, with a pending secret when `secret`.
-    async fn open_setup(
+    pub(super) async fn open_setup(
         &self,
         auth: &Auth,
         method: Method,
@@ -183,6 +186,9 @@ impl Service {
                     Checked::Wrong { expired } => {
                         return Ok(Err(svc.on_failure(c, &ctx, &user, method.as_str(), expired)?));
                     }
+                    Checked::CounterRegressed { .. } => {
+                        return Ok(Err(svc.on_failure(c, &ctx, &user, method.as_str(), false)?));
+                    }
                     Checked::NotEnrolled => return Ok(Err(Error::InvalidSetupToken)),
                 };
                 let enroll = enroll.map(|mut new| {
@@ -227,18 +233,34 @@ impl Service {
                     return Ok(Err(Error::LastMethod));
                 }
                 enrollments::delete(c, user.id, method)?;
+                if method == Method::Webauthn {
+                    webauthn::delete_for_user(c, user.id)?;
+                }
                 if user.preferred == Some(method) {
                     users::set_preferred(c, user.id, None)?;
                 }
-                Service::factor_changed(c, &ctx, &user)?;
-                let who = Some(user.id.to_string());
-                let detail = json!({"method": method});
-                Service::audit(c, &ctx, tenant_id, who, Some(user.id), AuditKind::FactorRemoved, detail)?;
-                svc.notify(c, &ctx, tenant_id, Notice::FactorRemoved { user: user.id, factor: method.to_string() })?;
-                Service::revoke_devices(c, &ctx, &user, "factor_removed")?;
+                svc.after_factor_removed(c, &ctx, &user, json!({"method": method}))?;
                 Ok(Ok(()))
             })
             .await?
+    }
+
+    /// After a factor (or one passkey) was removed: the user's open challenges and codes are
+    /// void, the removal is audited `factor_removed` with `detail`, he gets a notice and his
+    /// trusted devices are revoked.
+    pub(super) fn after_factor_removed(
+        &self,
+        conn: &mut DbConn,
+        ctx: &RequestCtx,
+        user: &User,
+        detail: serde_json::Value,
+    ) -> StoreResult<()> {
+        Service::factor_changed(conn, ctx, user)?;
+        let factor = detail.get("method").and_then(|m| m.as_str()).unwrap_or("webauthn").to_owned();
+        let who = Some(user.id.to_string());
+        Service::audit(conn, ctx, user.tenant_id, who, Some(user.id), AuditKind::FactorRemoved, detail)?;
+        self.notify(conn, ctx, user.tenant_id, Notice::FactorRemoved { user: user.id, factor })?;
+        Service::revoke_devices(conn, ctx, user, "factor_removed")
     }
 
     /// After a change of the user's factors: his open challenges and codes are void.

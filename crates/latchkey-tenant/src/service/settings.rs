@@ -138,7 +138,8 @@ impl Service {
         if auth.tenant.policy.enabled {
             return Err(Error::AlreadyEnabled);
         }
-        if !auth.tenant.policy.admin.contains(method) {
+        // Enabling is confirmed with a code (DESIGN.md section 1): an authenticator or email.
+        if !auth.tenant.policy.admin.contains(method) || method == Method::Webauthn {
             return Err(Error::MethodNotAllowed);
         }
         self.confirm_password(ctx, &auth.user, password).await?;
@@ -185,6 +186,7 @@ impl Service {
                 let sent = self.send_email_code(ctx, loc, || Error::InvalidSetupToken).await?;
                 setup.email_masked = Some(sent.email_masked);
             }
+            Method::Webauthn => return Err(Error::MethodNotAllowed),
         }
         Ok(setup)
     }
@@ -225,6 +227,9 @@ impl Service {
                     Checked::Replayed => return Ok(Err(svc.on_replay(&user, method.as_str(), now))),
                     Checked::Wrong { expired } => {
                         return Ok(Err(svc.on_failure(c, &ctx, &user, method.as_str(), expired)?));
+                    }
+                    Checked::CounterRegressed { .. } => {
+                        return Ok(Err(svc.on_failure(c, &ctx, &user, method.as_str(), false)?));
                     }
                     Checked::NotEnrolled => return Ok(Err(Error::InvalidSetupToken)),
                 }

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use super::challenge::Located;
 use super::email_code::EmailSent;
-use super::factor::{Checked, Proof};
+use super::factor::{Checked, Presented};
 use super::{Auth, RequestCtx, Service};
 use crate::error::{Error, Result};
 
@@ -40,7 +40,9 @@ impl Service {
             .store
             .write(move |c| {
                 users::lock(c, user.id)?;
-                if let Some(open) = challenges::open_for_session(c, user.id, session, ChallengePurpose::StepUp, now)? {
+                if let Some(open) = challenges::open_for_session(c, user.id, session, ChallengePurpose::StepUp, now)?
+                    && open.methods.contains(Method::Email)
+                {
                     return Ok(open);
                 }
                 let methods = MethodSet::EMPTY.with(Method::Email);
@@ -67,11 +69,66 @@ impl Service {
     ///
     /// Errors: `MethodNotAllowed`, `OtpBlocked`, `InvalidCode`, `CodeExpired`.
     pub async fn step_up(&self, ctx: &RequestCtx, auth: &Auth, method: Method, code: &str) -> Result<DateTime<Utc>> {
+        if method == Method::Webauthn {
+            return Err(Error::InvalidRequest("a webauthn step-up takes a credential, not a code".into()));
+        }
+        self.step_up_with(ctx, auth, method, Presented::Code(Zeroizing::new(code.to_owned()))).await
+    }
+
+    /// `POST /api/v1/me/step-up/webauthn`: request options allowing the user's credentials, on
+    /// a step-up challenge bound to the session (its ceremony sealed there, single-use).
+    ///
+    /// Errors: `MethodNotAllowed` (webauthn not enrolled or not allowed).
+    pub async fn step_up_webauthn_start(&self, ctx: &RequestCtx, auth: &Auth) -> Result<serde_json::Value> {
+        self.require_enrolled_method(auth, Method::Webauthn).await?;
+        let entered = self.registry.enter_with_verifier(auth.tenant.id).await?;
+        let svc = self.clone();
+        let user = auth.user.clone();
+        let session = auth.session.id;
+        let now = ctx.now;
+        self.store
+            .write(move |c| {
+                users::lock(c, user.id)?;
+                let methods = MethodSet::EMPTY.with(Method::Webauthn);
+                let (_, ch) = svc.open_challenge(
+                    c,
+                    &user,
+                    ChallengePurpose::StepUp,
+                    NextAction::Verify,
+                    methods,
+                    Some(session),
+                    now,
+                )?;
+                svc.start_authentication(c, &entered.verifier, &ch, &user)
+            })
+            .await?
+    }
+
+    /// `POST /api/v1/me/step-up {method: "webauthn", credential}`: an assertion on the
+    /// session's step-up ceremony, like [`Service::step_up`] (a refused one counts).
+    ///
+    /// Errors: `MethodNotAllowed`, `OtpBlocked`, `InvalidCode`.
+    pub async fn step_up_webauthn(
+        &self,
+        ctx: &RequestCtx,
+        auth: &Auth,
+        credential: webauthn_rs_core::proto::PublicKeyCredential,
+    ) -> Result<DateTime<Utc>> {
+        let verifier = self.registry.enter_with_verifier(auth.tenant.id).await?.verifier;
+        self.step_up_with(ctx, auth, Method::Webauthn, Presented::Assertion(Box::new(credential), verifier)).await
+    }
+
+    async fn step_up_with(
+        &self,
+        ctx: &RequestCtx,
+        auth: &Auth,
+        method: Method,
+        proof: Presented,
+    ) -> Result<DateTime<Utc>> {
         self.require_enrolled_method(auth, method).await?;
         let svc = self.clone();
         let ctx = ctx.clone();
         let (tenant, user_id, session) = (auth.tenant.id, auth.user.id, auth.session.id);
-        let code = Zeroizing::new(code.to_owned());
         self.store
             .write(move |c| {
                 let now = ctx.now;
@@ -82,14 +139,20 @@ impl Service {
                     return Ok(Err(e));
                 }
                 let challenge = match method {
-                    Method::Email => challenges::open_for_session(c, user.id, session, ChallengePurpose::StepUp, now)?,
+                    Method::Email | Method::Webauthn => {
+                        challenges::open_for_session(c, user.id, session, ChallengePurpose::StepUp, now)?
+                            .filter(|ch| ch.methods.contains(method))
+                    }
                     Method::Authenticator => None,
                 };
-                match svc.check_proof(c, challenge.as_ref(), &user, method, &Proof::Code(&code), now)? {
+                match svc.check_proof(c, challenge.as_ref(), &user, method, &proof.proof(), now)? {
                     Checked::Accepted { .. } => {}
                     Checked::Replayed => return Ok(Err(svc.on_replay(&user, method.as_str(), now))),
                     Checked::Wrong { expired } => {
                         return Ok(Err(svc.on_failure(c, &ctx, &user, method.as_str(), expired)?));
+                    }
+                    Checked::CounterRegressed { credential_id, counter, stored } => {
+                        return Ok(Err(svc.on_counter_regressed(c, &ctx, &user, &credential_id, counter, stored)?));
                     }
                     Checked::NotEnrolled => return Ok(Err(Error::MethodNotAllowed)),
                 }

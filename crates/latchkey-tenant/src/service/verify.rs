@@ -11,7 +11,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::challenge::verified_sign_in_events;
-use super::factor::{Checked, Proof};
+use super::factor::{Checked, Presented};
 use super::signin::{IssuedDevice, IssuedSession};
 use super::{Notice, RequestCtx, Service, UserView};
 use crate::error::{Error, Result};
@@ -32,23 +32,70 @@ impl Service {
         code: &str,
         remember_device: bool,
     ) -> Result<IssuedSession> {
+        let code = Presented::Code(Zeroizing::new(code.to_owned()));
+        self.verify_presented(ctx, challenge_token, method, code, remember_device).await
+    }
+
+    /// `POST /api/v1/auth/2fa/verify` with `method: "webauthn"`: checks an assertion on the
+    /// ceremony `authenticate/start` opened on the challenge (DESIGN.md 5.1). An assertion that
+    /// does not verify is a counted wrong code; so is one whose counter did not grow, which is
+    /// also audited `webauthn_counter_regressed`. The ceremony is used up by any attempt.
+    ///
+    /// Errors: `InvalidChallenge`, `MethodNotAllowed`, `OtpBlocked`, `InvalidCode`.
+    pub async fn verify_webauthn(
+        &self,
+        ctx: &RequestCtx,
+        challenge_token: &str,
+        credential: webauthn_rs_core::proto::PublicKeyCredential,
+        remember_device: bool,
+    ) -> Result<IssuedSession> {
         let loc = self.locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || Error::InvalidChallenge).await?;
+        let verifier = self.registry.enter_with_verifier(loc.tenant.id).await?.verifier;
+        let proof = Presented::Assertion(Box::new(credential), verifier);
+        self.verify_located(ctx, loc, Method::Webauthn, proof, remember_device).await
+    }
+
+    async fn verify_presented(
+        &self,
+        ctx: &RequestCtx,
+        challenge_token: &str,
+        method: Method,
+        proof: Presented,
+        remember_device: bool,
+    ) -> Result<IssuedSession> {
+        let loc = self.locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || Error::InvalidChallenge).await?;
+        self.verify_located(ctx, loc, method, proof, remember_device).await
+    }
+
+    async fn verify_located(
+        &self,
+        ctx: &RequestCtx,
+        loc: super::challenge::Located,
+        method: Method,
+        proof: Presented,
+        remember_device: bool,
+    ) -> Result<IssuedSession> {
         let allowed = loc.challenge.methods.intersect(loc.tenant.policy.methods_for(loc.user.role));
-        if !allowed.contains(method) || (method == Method::Authenticator && loc.challenge.next == NextAction::Enroll) {
+        let needs_enrolled = matches!(method, Method::Authenticator | Method::Webauthn);
+        if !allowed.contains(method) || (needs_enrolled && loc.challenge.next == NextAction::Enroll) {
             return Err(Error::MethodNotAllowed);
         }
+        let code = match &proof {
+            Presented::Code(code) => Some(code.as_str()),
+            Presented::Assertion(..) => None,
+        };
         if method == Method::Authenticator
             && !remember_device
             && self.store.backend() == Backend::Postgres
             && loc.challenge.pending_secret.is_none()
             && loc.user.lockout.blocked(ctx.now).is_none()
+            && let Some(code) = code
             && let Some(issued) = self.verify_totp_at_once(ctx, &loc, code).await?
         {
             return Ok(issued);
         }
         let svc = self.clone();
         let ctx = ctx.clone();
-        let code = Zeroizing::new(code.to_owned());
         self.store
             .write(move |c| {
                 let now = ctx.now;
@@ -58,7 +105,7 @@ impl Service {
                 if let Some(e) = svc.blocked(&user, method.as_str(), now) {
                     return Ok(Err(e));
                 }
-                let enrolled = match svc.check_proof(c, Some(&ch), &user, method, &Proof::Code(&code), now)? {
+                let enrolled = match svc.check_proof(c, Some(&ch), &user, method, &proof.proof(), now)? {
                     Checked::Accepted { enroll, enrolled } => {
                         svc.enroll_accepted(c, &ctx, &user, Some(ch.id), enroll)?;
                         enrolled
@@ -66,6 +113,9 @@ impl Service {
                     Checked::Replayed => return Ok(Err(svc.on_replay(&user, method.as_str(), now))),
                     Checked::Wrong { expired } => {
                         return Ok(Err(svc.on_failure(c, &ctx, &user, method.as_str(), expired)?));
+                    }
+                    Checked::CounterRegressed { credential_id, counter, stored } => {
+                        return Ok(Err(svc.on_counter_regressed(c, &ctx, &user, &credential_id, counter, stored)?));
                     }
                     Checked::NotEnrolled => return Ok(Err(Error::MethodNotAllowed)),
                 };

@@ -83,7 +83,7 @@ impl SecondFactor for Authenticator {
         proof: &Proof<'_>,
         now: DateTime<Utc>,
     ) -> StoreResult<Checked> {
-        let Proof::Code(code) = proof;
+        let Proof::Code(code) = proof else { return Ok(Checked::Wrong { expired: false }) };
         if let Some(challenge) = challenge
             && let Some(sealed) = &challenge.pending_secret
         {

@@ -29,7 +29,7 @@ impl SecondFactor for EmailCode {
         proof: &Proof<'_>,
         now: DateTime<Utc>,
     ) -> StoreResult<Checked> {
-        let Proof::Code(code) = proof;
+        let Proof::Code(code) = proof else { return Ok(Checked::Wrong { expired: false }) };
         // An email code belongs to the challenge it was sent for; without one, none matches.
         let Some(challenge) = challenge else { return Ok(Checked::Wrong { expired: false }) };
         let codes = email_codes::for_challenge(conn, challenge.id)?;

@@ -8,6 +8,7 @@
 
 mod authenticator;
 mod email;
+mod webauthn;
 
 use chrono::{DateTime, Utc};
 use latchkey_core::{ChallengeId, Method, MethodSet};
@@ -18,6 +19,9 @@ use serde_json::json;
 
 pub use authenticator::TotpSetup;
 pub(super) use authenticator::{pending_aad, totp_setup};
+pub(super) use webauthn::{
+    Ceremony, ceremony_aad, check_assertion, credential_id, default_name, open_ceremony, record_of,
+};
 
 use super::{Notice, RequestCtx, Service};
 
@@ -25,6 +29,27 @@ use super::{Notice, RequestCtx, Service};
 pub(super) enum Proof<'a> {
     /// A one-time code (checked for its shape before: 6 ASCII digits).
     Code(&'a str),
+    /// A WebAuthn assertion (the browser's `PublicKeyCredential`), to check with the tenant's
+    /// verifier against the ceremony started on the challenge.
+    Assertion { credential: &'a webauthn_rs_core::proto::PublicKeyCredential, verifier: &'a crate::Verifier },
+}
+
+/// A proof as a flow carries it into the user's transaction.
+pub(super) enum Presented {
+    /// A one-time code.
+    Code(zeroize::Zeroizing<String>),
+    /// A WebAuthn assertion and the tenant's verifier.
+    Assertion(Box<webauthn_rs_core::proto::PublicKeyCredential>, std::sync::Arc<crate::Verifier>),
+}
+
+impl Presented {
+    /// The proof to check.
+    pub(super) fn proof(&self) -> Proof<'_> {
+        match self {
+            Presented::Code(code) => Proof::Code(code),
+            Presented::Assertion(credential, verifier) => Proof::Assertion { credential, verifier },
+        }
+    }
 }
 
 /// The verdict on a proof, reached inside the user's transaction.
@@ -40,6 +65,17 @@ pub(super) enum Checked {
     Wrong { expired: bool },
     /// The user has nothing of this method to check the proof against.
     NotEnrolled,
+    /// A WebAuthn assertion that verified but whose signature counter did not grow (a cloned
+    /// authenticator, or a replay): refused and counted like a wrong code, and audited
+    /// `webauthn_counter_regressed` (DESIGN.md 5.1).
+    CounterRegressed {
+        /// The credential id (base64url).
+        credential_id: String,
+        /// The counter the assertion carried.
+        counter: u32,
+        /// The counter stored.
+        stored: i64,
+    },
 }
 
 /// A second-factor method as the flows see it.
@@ -64,6 +100,7 @@ pub(super) fn factor(method: Method) -> &'static dyn SecondFactor {
     match method {
         Method::Authenticator => &authenticator::Authenticator,
         Method::Email => &email::EmailCode,
+        Method::Webauthn => &webauthn::Webauthn,
     }
 }
 
