@@ -11,6 +11,7 @@ pub mod recovery;
 pub mod reset_page;
 pub mod settings;
 pub mod two_factor;
+pub mod webhooks;
 
 use actix_web::HttpResponse;
 use actix_web::http::header;

@@ -284,7 +284,7 @@ impl Service {
     }
 
     /// `GET /api/v1/webhooks/{id}/deliveries` (admin): the endpoint's deliveries, newest event
-    /// first, `limit` of them after the cursor (an event id).
+    /// first, `limit` of them after the cursor (an event id), each with its event's kind.
     ///
     /// Errors: `Forbidden`, `NotFound`.
     pub async fn webhook_deliveries(
@@ -293,7 +293,7 @@ impl Service {
         id: WebhookId,
         after: Option<AuditEventId>,
         limit: i64,
-    ) -> Result<Vec<Delivery>> {
+    ) -> Result<Vec<(Delivery, Option<String>)>> {
         Service::require_admin(auth)?;
         let tenant = auth.tenant.id;
         self.store
