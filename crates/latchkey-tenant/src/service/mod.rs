@@ -50,7 +50,7 @@ pub use recovery_code_flow::{RECOVERY_CODE, RecoveryCodes};
 pub use self_service::{MethodSetup, TwoFactorOverview};
 pub use settings::{EnableSetup, MethodChanges, SettingsView};
 pub use signin::{ChallengeView, IssuedDevice, IssuedSession, SignIn};
-pub use webhooks::{CreatedWebhook, NewWebhook, WebhookChanges};
+pub use webhooks::{CreatedWebhook, NewWebhook, WebhookChanges, resolve as resolve_webhook_host};
 
 use crate::actor::Registry;
 use crate::error::{Error, Result};
