@@ -19,3 +19,4 @@ mod recovery;
 mod self_service;
 mod settings;
 mod signin;
+mod webhooks;
