@@ -240,7 +240,10 @@ async fn deliveries_are_signed_retried_with_one_id_and_recorded() {
         }
         assert_eq!(items.len(), 1, "{items:?}");
         let i = &items[0];
-        assert_eq!((i["status"].as_str(), i["attempts"].as_i64(), i["last_status"].as_i64()), (Some("delivered"), Some(3), Some(200)));
+        assert_eq!(
+            (i["status"].as_str(), i["attempts"].as_i64(), i["last_status"].as_i64()),
+            (Some("delivered"), Some(3), Some(200))
+        );
         assert_eq!(i["id"].as_str(), ids.iter().next().copied(), "the delivery's id is the webhook-id");
         assert_eq!(i["event_type"], "signed_in");
         assert_eq!(i["event_id"], body["id"]);
@@ -309,7 +312,11 @@ async fn redirects_are_not_followed_and_attempts_end_in_failed() {
         }
         assert_eq!(items.len(), 2, "{items:?}");
         for i in &items {
-            assert_eq!((i["status"].as_str(), i["attempts"].as_i64(), i["last_status"].as_i64()), (Some("failed"), Some(3), Some(302)), "{i}");
+            assert_eq!(
+                (i["status"].as_str(), i["attempts"].as_i64(), i["last_status"].as_i64()),
+                (Some("failed"), Some(3), Some(302)),
+                "{i}"
+            );
             assert!(i["next_attempt_at"].is_null());
         }
         // The admin's retry: a fresh run of attempts.
@@ -318,7 +325,9 @@ async fn redirects_are_not_followed_and_attempts_end_in_failed() {
         let r = app.post_as(&a, &format!("/api/v1/webhooks/{hook}/deliveries/{id}/retry"), json!({})).await;
         assert_eq!(r.status, 202, "{r:?}");
         wait_until("three more attempts", || recv.got().len() >= 3).await;
-        let r = app.post_as(&a, &format!("/api/v1/webhooks/{hook}/deliveries/{}/retry", uuid::Uuid::new_v4()), json!({})).await;
+        let r = app
+            .post_as(&a, &format!("/api/v1/webhooks/{hook}/deliveries/{}/retry", uuid::Uuid::new_v4()), json!({}))
+            .await;
         assert_eq!(r.status, 404);
         let m = app.core.metrics.render().unwrap();
         assert!(m.contains("latchkey_webhook_deliveries_total{outcome=\"failed\"} 2"), "{m}");
@@ -391,7 +400,11 @@ async fn the_ssrf_guard_refuses_at_creation() {
         assert_eq!((r.status, r.code()), (400, "invalid_request"), "{events}: {r:?}");
     }
     let r = app
-        .post_as(&a, "/api/v1/webhooks", json!({"url": "https://example.com/x", "events": ["*"], "description": "a\r\nb"}))
+        .post_as(
+            &a,
+            "/api/v1/webhooks",
+            json!({"url": "https://example.com/x", "events": ["*"], "description": "a\r\nb"}),
+        )
         .await;
     assert_eq!((r.status, r.code()), (400, "invalid_request"), "{r:?}");
     app.stop().await;
@@ -451,7 +464,9 @@ async fn webhooks_are_for_admins_of_their_own_tenant() {
     // PATCH: description cleared with null, events replaced, bad URL refused.
     let r = app.patch_as(&a, &format!("/api/v1/webhooks/{hook}"), json!({"description": "CRM"})).await;
     assert_eq!(r.body["description"], "CRM");
-    let r = app.patch_as(&a, &format!("/api/v1/webhooks/{hook}"), json!({"description": null, "events": ["signed_in"]})).await;
+    let r = app
+        .patch_as(&a, &format!("/api/v1/webhooks/{hook}"), json!({"description": null, "events": ["signed_in"]}))
+        .await;
     assert_eq!((r.body["description"].clone(), r.body["events"].clone()), (Value::Null, json!(["signed_in"])));
     let r = app.patch_as(&a, &format!("/api/v1/webhooks/{hook}"), json!({"url": "ftp://127.0.0.1/x"})).await;
     assert_eq!((r.status, r.code()), (400, "invalid_request"));

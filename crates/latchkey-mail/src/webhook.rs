@@ -110,10 +110,8 @@ async fn post(req: HttpRequest) {
         .timeout(req.timeout)
         .add_default_header((awc::http::header::USER_AGENT, USER_AGENT))
         .finish();
-    let mut r = client
-        .post(&req.url)
-        .address(req.addr)
-        .insert_header((awc::http::header::CONTENT_TYPE, "application/json"));
+    let mut r =
+        client.post(&req.url).address(req.addr).insert_header((awc::http::header::CONTENT_TYPE, "application/json"));
     for (name, value) in &req.headers {
         r = r.insert_header((*name, value.as_str()));
     }
@@ -266,9 +264,10 @@ impl Webhooks {
         };
         match self.http.send(req).await {
             Ok(status) if (200..300).contains(&status) => Step::Delivered(i32::from(status)),
-            Ok(status) => {
-                Step::Retry(Attempt { status: Some(i32::from(status)), error: Some(format!("the endpoint answered {status}")) })
-            }
+            Ok(status) => Step::Retry(Attempt {
+                status: Some(i32::from(status)),
+                error: Some(format!("the endpoint answered {status}")),
+            }),
             Err(e) => Step::Retry(error(e)),
         }
     }
