@@ -208,3 +208,31 @@ async fn challenges_expire_and_do_only_what_they_offer() {
     let r = app.verify(admin_token_ch, "authenticator", &app.totp(&secret, 0)).await;
     assert_eq!((r.status, r.code()), (401, "invalid_challenge"));
 }
+
+/// Issue 17: a completed sign-in writes one audit row, `signed_in`, naming the method; no
+/// `verified` row (on Postgres the one-statement TOTP path, on SQLite the portable one).
+#[actix_rt::test]
+async fn a_sign_in_writes_one_signed_in_row_naming_the_method() {
+    for db in backends() {
+        let app = TestApp::spawn(db, |_| {}).await;
+        let (t, _, secret, _) = tenant_with_2fa(&app).await;
+        app.next_step();
+        let ch = app.challenge(&t, &admin(&t)).await;
+        let r = app.verify(ch["challenge_token"].as_str().unwrap(), "authenticator", &app.totp(&secret, 0)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let token = r.s("authentication_token");
+        let user = r.body["user"]["id"].as_str().unwrap().to_owned();
+        let events = app.get_as(&token, &format!("/api/v1/audit-events?subject_id={user}&limit=100")).await;
+        let kinds: Vec<(String, serde_json::Value)> = events.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["kind"].as_str().unwrap().to_owned(), e["detail"].clone()))
+            .collect();
+        let newest = &kinds[0];
+        assert_eq!(newest.0, "signed_in", "{db:?} {kinds:?}");
+        assert_eq!(newest.1, json!({"second_factor": true, "method": "authenticator"}), "{db:?}");
+        assert_ne!(kinds.get(1).map(|k| k.0.as_str()), Some("verified"), "{db:?}: no verified row beside it {kinds:?}");
+        app.stop().await;
+    }
+}

@@ -8,10 +8,10 @@ use std::pin::Pin;
 use actix_web::dev::Payload;
 use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use ipnet::IpNet;
 use latchkey_core::crypto::ct_eq;
-use latchkey_tenant::{Auth, Error as Domain, RequestCtx};
+use latchkey_tenant::{Auth, Error as Domain, PendingNotices, RequestCtx};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -78,7 +78,23 @@ fn context(req: &HttpRequest, st: &AppState) -> RequestCtx {
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(|ua| ua.chars().take(512).collect::<String>());
-    RequestCtx { now: st.clock.now(), ip: client_ip(req, &st.trusted_proxies).map(|ip| ip.to_string()), user_agent }
+    // One set of pending notices per request, shared by every extractor's context and read
+    // by the `deliver_notices` middleware once the handler is done.
+    let existing = req.extensions().get::<PendingNotices>().cloned();
+    let notices = match existing {
+        Some(shared) => shared,
+        None => {
+            let fresh = PendingNotices::default();
+            req.extensions_mut().insert(fresh.clone());
+            fresh
+        }
+    };
+    RequestCtx {
+        now: st.clock.now(),
+        ip: client_ip(req, &st.trusted_proxies).map(|ip| ip.to_string()),
+        user_agent,
+        notices,
+    }
 }
 
 /// The request context: the instant (the request's only clock read), client IP and UA.

@@ -223,6 +223,7 @@ pub fn app(
             }
         })
         .default_service(web::to(unrouted))
+        .wrap(from_fn(middleware::deliver_notices))
         .wrap(from_fn(middleware::request_timeout))
         .wrap(from_fn(middleware::ip_limit))
         .wrap(ErrorHandlers::new().default_handler(middleware::problem_for_any_error))

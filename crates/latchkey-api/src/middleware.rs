@@ -157,3 +157,20 @@ pub fn record_principal(tenant: impl std::fmt::Display, user: impl std::fmt::Dis
     span.record("tenant", tracing::field::display(tenant));
     span.record("user", tracing::field::display(user));
 }
+
+/// Delivers the notices the request's use-cases recorded before the answer leaves
+/// ([`latchkey_tenant::Service::deliver_notices`]): an answer never comes before the notices
+/// of what it did.
+pub async fn deliver_notices(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let st = req.app_data::<web::Data<AppState>>().cloned();
+    let res = next.call(req).await?;
+    let pending = actix_web::HttpMessage::extensions(res.request()).get::<latchkey_tenant::PendingNotices>().cloned();
+    if let (Some(st), Some(pending)) = (st, pending) {
+        let ctx = latchkey_tenant::RequestCtx { notices: pending, ..latchkey_tenant::RequestCtx::at(st.clock.now()) };
+        st.service.deliver_notices(&ctx).await;
+    }
+    Ok(res)
+}

@@ -467,3 +467,51 @@ fn a_totp_sign_in_locks_the_user_before_the_challenge() {
     assert_eq!(sign_in.join().unwrap(), TotpSignInOutcome::Refused);
     assert_eq!(store.run_blocking(|c| enrollments::for_user(c, user)).unwrap()[0].last_step, Some(100));
 }
+
+#[derive(diesel::QueryableByName)]
+struct IndexDef {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    def: String,
+}
+
+/// The named (non-constraint) indexes of `table`, with their definitions.
+fn indexes(conn: &mut DbConn, table: &str) -> Vec<(String, String)> {
+    use diesel::RunQueryDsl;
+    let rows: Vec<IndexDef> = match conn {
+        DbConn::Pg(pg) => diesel::sql_query(
+            "SELECT indexname AS name, indexdef AS def FROM pg_indexes WHERE tablename = $1 \
+             AND indexname NOT LIKE '%_pkey' AND indexname NOT LIKE '%_key'",
+        )
+        .bind::<diesel::sql_types::Text, _>(table)
+        .load(pg)
+        .unwrap(),
+        DbConn::Sqlite(lite) => diesel::sql_query(
+            "SELECT name, sql AS def FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+        )
+        .bind::<diesel::sql_types::Text, _>(table)
+        .load(lite)
+        .unwrap(),
+    };
+    let mut out: Vec<_> = rows.into_iter().map(|r| (r.name, r.def)).collect();
+    out.sort();
+    out
+}
+
+/// Issue 17: ending a challenge must be a HOT update on Postgres, so no index of `challenges`
+/// holds `ended_at`; sessions keep only the indexes their queries need (token hash by its
+/// unique constraint, user for "end every session", expiry for the purge).
+#[test]
+fn challenges_and_sessions_keep_only_the_indexes_their_queries_need() {
+    for Scratch { store, url, .. } in stores() {
+        let (challenge_idx, session_idx) =
+            store.run_blocking(|c| Ok((indexes(c, "challenges"), indexes(c, "sessions")))).unwrap();
+        assert!(!challenge_idx.is_empty(), "{url}: the challenge indexes are read");
+        for (name, def) in &challenge_idx {
+            assert!(!def.contains("ended_at"), "{url}: index {name} holds ended_at: {def}");
+        }
+        let names: Vec<&str> = session_idx.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["sessions_expiry", "sessions_user"], "{url}");
+    }
+}

@@ -132,7 +132,10 @@ pub fn end_for_user(
     .execute(conn)?)
 }
 
-/// Ends every open challenge of `tenant` (of any purpose) except `keep`.
+/// Ends every open challenge of `tenant` (of any purpose) except `keep`: found through the
+/// live challenges (index `challenges_expiry`; no index holds `ended_at`, so that ending a
+/// challenge is a HOT update), whose number is bounded by the sign-in rate times the
+/// challenge lifetime.
 pub fn end_for_tenant(
     conn: &mut DbConn,
     tenant: TenantId,
@@ -141,7 +144,11 @@ pub fn end_for_tenant(
 ) -> StoreResult<usize> {
     let keep = keep.map(|k| k.to_string()).unwrap_or_default();
     Ok(diesel::update(
-        c::table.filter(c::tenant_id.eq(tenant.to_string())).filter(c::ended_at.is_null()).filter(c::id.ne(keep)),
+        c::table
+            .filter(c::expires_at.gt(ms(now)))
+            .filter(c::tenant_id.eq(tenant.to_string()))
+            .filter(c::ended_at.is_null())
+            .filter(c::id.ne(keep)),
     )
     .set((c::ended_at.eq(ms(now)), c::pending_secret.eq(None::<Vec<u8>>)))
     .execute(conn)?)
@@ -152,14 +159,17 @@ pub fn purge_expired(conn: &mut DbConn, before: DateTime<Utc>) -> StoreResult<us
     Ok(diesel::delete(c::table.filter(c::expires_at.le(ms(before)))).execute(conn)?)
 }
 
-/// The newest open challenge of `purpose` bound to `session` (a step-up in progress).
+/// The newest open challenge of `purpose` bound to `session` of `user` (a step-up in
+/// progress); found through the user's challenges (index `challenges_user`).
 pub fn open_for_session(
     conn: &mut DbConn,
+    user: UserId,
     session: SessionId,
     purpose: ChallengePurpose,
     now: DateTime<Utc>,
 ) -> StoreResult<Option<Challenge>> {
     c::table
+        .filter(c::user_id.eq(user.to_string()))
         .filter(c::session_id.eq(session.to_string()))
         .filter(c::purpose.eq(purpose.as_str()))
         .filter(c::ended_at.is_null())

@@ -79,10 +79,14 @@ pub fn delete_for_user(conn: &mut DbConn, user: UserId, keep: Option<SessionId>)
     Ok(diesel::delete(s::table.filter(s::user_id.eq(user.to_string())).filter(s::id.ne(keep))).execute(conn)?)
 }
 
-/// Ends every session of `tenant` except `keep`.
+/// Ends every session of `tenant` except `keep`: through the tenant's users and the index
+/// `sessions_user` (sessions keep only the indexes their queries need: token hash, user,
+/// expiry).
 pub fn delete_for_tenant(conn: &mut DbConn, tenant: TenantId, keep: Option<SessionId>) -> StoreResult<usize> {
+    use crate::schema::users;
     let keep = keep.map(|k| k.to_string()).unwrap_or_default();
-    Ok(diesel::delete(s::table.filter(s::tenant_id.eq(tenant.to_string())).filter(s::id.ne(keep))).execute(conn)?)
+    let members = users::table.filter(users::tenant_id.eq(tenant.to_string())).select(users::id);
+    Ok(diesel::delete(s::table.filter(s::user_id.eq_any(members)).filter(s::id.ne(keep))).execute(conn)?)
 }
 
 /// Deletes sessions expired before `now` (housekeeping).

@@ -1,7 +1,7 @@
 //! Accounts: tenants (operator), the signed-in user's own profile and password, and user
 //! management by admins.
 
-use latchkey_core::{AuditKind, DeliveryId, Role, SessionId, TenantId, UserId};
+use latchkey_core::{AuditKind, Role, SessionId, TenantId, UserId};
 use latchkey_store::model::{Tenant, TwoFactorPolicy, User};
 use latchkey_store::repo::{
     Page, challenges, email_codes, enrollments, recovery, reset_tokens, sessions, tenants, users,
@@ -142,7 +142,7 @@ impl Service {
         target: &User,
         email: &str,
         keep: Option<SessionId>,
-    ) -> StoreResult<Vec<DeliveryId>> {
+    ) -> StoreResult<()> {
         let now = ctx.now;
         users::update_profile(conn, target.id, None, Some(email), None, now)?;
         sessions::delete_for_user(conn, target.id, keep)?;
@@ -163,7 +163,7 @@ impl Service {
         )?;
         let notice =
             Notice::EmailChanged { user: target.id, old_email: target.email.clone(), new_email: email.to_owned() };
-        self.notify_now(conn, ctx, target.tenant_id, notice)
+        self.notify(conn, ctx, target.tenant_id, notice)
     }
 
     /// `PATCH /api/v1/me`: name for anyone; email for admins only, with the password and a
@@ -198,24 +198,20 @@ impl Service {
         let ctx = ctx.clone();
         let user = auth.user.clone();
         let keep = auth.session.id;
-        let (view, notices) = self
-            .store
+        self.store
             .write(move |c| {
                 users::lock_tenant(c, user.tenant_id)?;
-                let mut notices = Vec::new();
                 if let Some(email) = &email {
-                    notices = svc.change_email(c, &ctx, user.id, &user, email, Some(keep))?;
+                    svc.change_email(c, &ctx, user.id, &user, email, Some(keep))?;
                 }
                 if let Some(name) = &name {
                     users::update_profile(c, user.id, Some(name), None, None, ctx.now)?;
                 }
                 let fresh = users::by_id(c, user.tenant_id, user.id)?.ok_or(StoreError::Corrupt("user vanished"))?;
-                Ok((svc.user_view(c, &fresh)?, notices))
+                svc.user_view(c, &fresh)
             })
             .await
-            .map_err(|e| conflict_as(e, Error::EmailTaken))?;
-        self.push_and_wait(notices).await;
-        Ok(view)
+            .map_err(|e| conflict_as(e, Error::EmailTaken))
     }
 
     /// `POST /api/v1/me/password`: with the current password, sets a new one and ends the
@@ -352,8 +348,7 @@ impl Service {
         let tenant = auth.tenant.id;
         let actor = auth.user.id;
         let keep = auth.session.id;
-        let changed = self
-            .store
+        self.store
             .write(move |c| {
                 users::lock_tenant(c, tenant)?;
                 let Some(target) = users::by_id(c, tenant, id)? else {
@@ -383,21 +378,17 @@ impl Service {
                         detail,
                     )?;
                 }
-                let mut notices = Vec::new();
                 if let Some(email) = email.as_deref().filter(|e| *e != target.email) {
-                    notices = svc.change_email(c, &ctx, actor, &target, email, Some(keep))?;
+                    svc.change_email(c, &ctx, actor, &target, email, Some(keep))?;
                 }
                 if let Some(name) = &name {
                     users::update_profile(c, target.id, Some(name), None, None, ctx.now)?;
                 }
                 let fresh = users::by_id(c, tenant, id)?.ok_or(StoreError::Corrupt("user vanished"))?;
-                Ok(Ok((svc.user_view(c, &fresh)?, notices)))
+                Ok(Ok(svc.user_view(c, &fresh)?))
             })
             .await
-            .map_err(|e| conflict_as(e, Error::EmailTaken))??;
-        let (view, notices) = changed;
-        self.push_and_wait(notices).await;
-        Ok(view)
+            .map_err(|e| conflict_as(e, Error::EmailTaken))?
     }
 
     /// `DELETE /api/v1/agents/{id}` (admin): deletes the user with their sessions, challenges

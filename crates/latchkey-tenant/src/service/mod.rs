@@ -65,12 +65,33 @@ pub struct RequestCtx {
     pub ip: Option<String>,
     /// The client's `User-Agent`.
     pub user_agent: Option<String>,
+    /// The notices the request's use-cases recorded, for the edge to deliver before it
+    /// answers ([`Service::deliver_notices`]).
+    pub notices: PendingNotices,
 }
 
 impl RequestCtx {
     /// A context at `now` with no client details (CLI, tests).
     pub fn at(now: DateTime<Utc>) -> Self {
-        Self { now, ip: None, user_agent: None }
+        Self { now, ip: None, user_agent: None, notices: PendingNotices::default() }
+    }
+}
+
+/// The notice deliveries recorded during one request (shared by the clones of its
+/// [`RequestCtx`]): pushed to the queue and waited for when the request is done, so that an
+/// answer never comes before the notices of what it did (DESIGN.md 5.6; an email change: the
+/// old address hears of it first). Deliveries of a transaction that rolled back simply do not
+/// exist and are skipped.
+#[derive(Debug, Clone, Default)]
+pub struct PendingNotices(Arc<std::sync::Mutex<Vec<latchkey_core::DeliveryId>>>);
+
+impl PendingNotices {
+    fn push(&self, ids: impl IntoIterator<Item = latchkey_core::DeliveryId>) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(ids);
+    }
+
+    fn take(&self) -> Vec<latchkey_core::DeliveryId> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 }
 

@@ -137,23 +137,15 @@ impl Service {
     /// longer exists, or (a recovery request) for an admin requester or a tenant with no other
     /// admin. Each recipient gets one mail delivery, sealed like every other (the recipient's
     /// address, the tenant's name, the time, the request's IP and user agent and what
-    /// happened), which the worker sends within `LATCHKEY_DELIVERY_SWEEP_MS` of the commit.
+    /// happened). The request's edge pushes them once it is done ([`Service::deliver_notices`]);
+    /// should that never happen (a crash right after the commit), the sweep sends them within
+    /// `LATCHKEY_DELIVERY_REQUEUE_MS`.
     ///
     /// Errors: database errors only (the caller's transaction then rolls back).
     pub fn notify(&self, conn: &mut DbConn, ctx: &RequestCtx, tenant: TenantId, notice: Notice) -> StoreResult<()> {
-        self.record_notice(conn, ctx, tenant, notice, false).map(drop)
-    }
-
-    /// [`Service::notify`] for a notice the caller pushes to the queue right after the commit
-    /// (and may wait for, see [`Service::wait_delivered`]): the ids of its deliveries.
-    pub(super) fn notify_now(
-        &self,
-        conn: &mut DbConn,
-        ctx: &RequestCtx,
-        tenant: TenantId,
-        notice: Notice,
-    ) -> StoreResult<Vec<DeliveryId>> {
-        self.record_notice(conn, ctx, tenant, notice, true)
+        let ids = self.record_notice(conn, ctx, tenant, notice)?;
+        ctx.notices.push(ids);
+        Ok(())
     }
 
     fn record_notice(
@@ -162,7 +154,6 @@ impl Service {
         ctx: &RequestCtx,
         tenant: TenantId,
         notice: Notice,
-        pushed: bool,
     ) -> StoreResult<Vec<DeliveryId>> {
         let Some(t) = tenants::by_id(conn, tenant)? else { return Ok(Vec::new()) };
         let on = match notice.group() {
@@ -217,17 +208,22 @@ impl Service {
                 what: what.clone(),
             };
             let kind = DeliveryKind::Notice;
-            ids.push(self.record_mail(conn, tenant, kind, &MailPayload::Notice(mail), None, pushed, ctx.now)?);
+            ids.push(self.record_mail(conn, tenant, kind, &MailPayload::Notice(mail), None, true, ctx.now)?);
         }
         Ok(ids)
     }
 
-    /// Pushes deliveries recorded with `pushed` (after their commit) and waits, at most
-    /// `LATCHKEY_NOTICE_WAIT_MS`, until the worker has finished them, so that the answer to
-    /// the change comes after its notice (an email change: the old address hears of it before
-    /// the admin's confirmation, DESIGN.md 5.6). A queue that refuses leaves them to the
-    /// sweep; the wait only ever delays the answer.
-    pub(super) async fn push_and_wait(&self, ids: Vec<DeliveryId>) {
+    /// Delivers the notices a request recorded, once its use-cases are done (their
+    /// transactions committed): pushes them to the queue and waits, at most
+    /// `LATCHKEY_NOTICE_WAIT_MS`, until the worker has finished them, so that an answer never
+    /// comes before the notices of what it did (an email change: the old address hears of it
+    /// before the admin's confirmation, DESIGN.md 5.6). A queue that refuses leaves them to
+    /// the sweep; the wait only ever delays the answer. Call at the edge, after the use-case.
+    pub async fn deliver_notices(&self, ctx: &RequestCtx) {
+        let ids = ctx.notices.take();
+        if ids.is_empty() {
+            return;
+        }
         for id in &ids {
             if let Err(e) = self.outbox.enqueue(DeliveryJob { delivery_id: *id }).await {
                 tracing::warn!(error = %e, "a notice is left to the delivery sweep");

@@ -40,7 +40,7 @@ impl Service {
             .store
             .write(move |c| {
                 users::lock(c, user.id)?;
-                if let Some(open) = challenges::open_for_session(c, session, ChallengePurpose::StepUp, now)? {
+                if let Some(open) = challenges::open_for_session(c, user.id, session, ChallengePurpose::StepUp, now)? {
                     return Ok(open);
                 }
                 let methods = MethodSet::EMPTY.with(Method::Email);
@@ -82,7 +82,7 @@ impl Service {
                     return Ok(Err(e));
                 }
                 let challenge = match method {
-                    Method::Email => challenges::open_for_session(c, session, ChallengePurpose::StepUp, now)?,
+                    Method::Email => challenges::open_for_session(c, user.id, session, ChallengePurpose::StepUp, now)?,
                     Method::Authenticator => None,
                 };
                 match svc.check_proof(c, challenge.as_ref(), &user, method, &Proof::Code(&code), now)? {
