@@ -483,3 +483,36 @@ async fn creating_needs_step_up_while_two_factor_is_on() {
     assert_eq!((r.status, r.code()), (403, "step_up_required"), "{r:?}");
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn two_workers_deliver_each_event_once() {
+    for db in backends() {
+        let app = TestApp::spawn(db, open).await;
+        let recv = Receiver::start();
+        let (t, a, agent, _) = tenant(&app).await;
+        assert_eq!(create(&app, &a, &recv.url("/hook"), json!(["signed_in"])).await.status, 201);
+        // Every other answer fails, so retries and the sweep race the second worker.
+        recv.fail_next(&[500, 200, 500, 200, 500]);
+        let w1 = worker(&app, |_| {}).await;
+        let _w2 = worker(&app, |_| {}).await;
+        for _ in 0..5 {
+            app.token(&t, &agent).await;
+        }
+        let delivered = |got: &[Received]| {
+            got.iter()
+                .filter(|r| r.answered == 200)
+                .map(|r| r.header("webhook-id").unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        wait_until("five deliveries", || delivered(&recv.got()).len() >= 5).await;
+        drop(w1); // one worker stops: nothing is sent again
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut ids = delivered(&recv.got());
+        assert_eq!(ids.len(), 5, "{db:?}: {:?}", recv.got());
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 5, "each delivery once ({db:?})");
+        recv.stop().await;
+        app.stop().await;
+    }
+}
