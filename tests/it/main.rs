@@ -22,3 +22,4 @@ mod signin;
 mod softauthn;
 mod web;
 mod webauthn;
+mod webhooks;

@@ -1127,3 +1127,156 @@ mod tests {
         assert!(!shown.contains("setup-secret") && !shown.contains("654321"));
     }
 }
+
+/// Reads a field that may be absent (`None`), `null` (`Some(None)`) or a value.
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `POST /api/v1/webhooks` body (DESIGN.md 5.6).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateWebhookRequest {
+    /// An absolute `https://` URL (plain `http://` only when the server allows it), at most
+    /// 2,048 bytes, without credentials, whose host resolves to public addresses only.
+    pub url: String,
+    /// Audit kinds to deliver, or `["*"]` for every event.
+    pub events: Vec<String>,
+    /// A note for admins (at most 500 characters).
+    pub description: Option<String>,
+}
+
+/// `PATCH /api/v1/webhooks/{id}` body: any of the fields; `description: null` clears it.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateWebhookRequest {
+    /// A new URL (the rules of creation).
+    pub url: Option<String>,
+    /// New audit kinds, or `["*"]`.
+    pub events: Option<Vec<String>>,
+    /// Switch deliveries of new events on or off.
+    pub enabled: Option<bool>,
+    /// A new note, or `null` to clear it.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+}
+
+/// A webhook endpoint. `secret` appears only in the answers of creation and rotation.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookDto {
+    /// Id (UUID).
+    pub id: String,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// Audit kinds delivered, or `["*"]`.
+    pub events: Vec<String>,
+    /// The admin's note.
+    pub description: Option<String>,
+    /// Whether new events are delivered.
+    pub enabled: bool,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// The signing secret (`whsec_` + base64 of 32 bytes), shown only once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookDto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookDto").field("id", &self.id).field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl From<&latchkey_store::repo::webhooks::Webhook> for WebhookDto {
+    fn from(h: &latchkey_store::repo::webhooks::Webhook) -> Self {
+        Self {
+            id: h.id.to_string(),
+            url: h.url.clone(),
+            events: h.events.names(),
+            description: h.description.clone(),
+            enabled: h.enabled,
+            created_at: h.created_at,
+            secret: None,
+        }
+    }
+}
+
+impl From<&latchkey_tenant::CreatedWebhook> for WebhookDto {
+    fn from(c: &latchkey_tenant::CreatedWebhook) -> Self {
+        Self { secret: Some(c.secret.as_str().to_owned()), ..Self::from(&c.webhook) }
+    }
+}
+
+/// A page of webhook endpoints.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookPage {
+    /// The endpoints, oldest first (without secrets).
+    pub items: Vec<WebhookDto>,
+    /// Always `null`: a tenant's endpoints fit on one page.
+    pub next_cursor: Option<String>,
+}
+
+/// One delivery of an event to an endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookDeliveryDto {
+    /// Id: also the `webhook-id` header of every attempt.
+    pub id: String,
+    /// The audit event's id (the body's `id`).
+    pub event_id: Option<String>,
+    /// The audit event's kind (the body's `type`).
+    pub event_type: Option<String>,
+    /// `pending`, `delivered` or `failed`.
+    pub status: &'static str,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// The HTTP status of the last answer, if any.
+    pub last_status: Option<i32>,
+    /// Why the last attempt failed (a status line, a transport error, a refusal).
+    pub last_error: Option<String>,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the endpoint answered 2xx.
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+impl WebhookDeliveryDto {
+    /// The API form of a delivery row and its event's kind.
+    pub fn new(d: &latchkey_store::repo::deliveries::Delivery, event_type: Option<String>) -> Self {
+        use latchkey_store::repo::deliveries::DeliveryState as S;
+        let status = match d.state {
+            S::Pending | S::Sending => "pending",
+            S::Sent => "delivered",
+            S::Dropped | S::Failed => "failed",
+        };
+        Self {
+            id: d.id.to_string(),
+            event_id: d.event_id.clone(),
+            event_type,
+            status,
+            attempts: d.attempts,
+            last_status: d.last_status,
+            last_error: d.last_error.clone(),
+            next_attempt_at: (status == "pending").then_some(d.next_attempt_at),
+            delivered_at: d.delivered_at,
+        }
+    }
+}
+
+/// A page of deliveries.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookDeliveryPage {
+    /// The deliveries, newest event first.
+    pub items: Vec<WebhookDeliveryDto>,
+    /// Cursor of the next page, `null` at the end.
+    pub next_cursor: Option<String>,
+}
+
+/// `202` answer of a retry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetryAccepted {
+    /// Always `true`: the delivery is due again.
+    pub queued: bool,
+}

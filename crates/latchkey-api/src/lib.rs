@@ -26,7 +26,9 @@ pub use metrics::HttpMetrics;
 pub use state::{AppState, ExtraRoutes, OutboxProbe};
 
 use crate::error::ApiError;
-use crate::handlers::{agents, audit, auth, me, operator, ops, recovery, reset_page, settings, two_factor, webauthn};
+use crate::handlers::{
+    agents, audit, auth, me, operator, ops, recovery, reset_page, settings, two_factor, webauthn, webhooks,
+};
 use crate::routes::RouteTable;
 
 struct SecuritySchemes;
@@ -73,6 +75,7 @@ impl Modify for SecuritySchemes {
         (name = "agents", description = "User management (admins)"),
         (name = "recovery", description = "Recovery requests (admins)"),
         (name = "audit", description = "Audit log (admins)"),
+        (name = "webhooks", description = "Webhook endpoints and their deliveries (admins)"),
         (name = "operator", description = "Operator endpoints"),
         (name = "operations", description = "Health, readiness, metrics"),
     )
@@ -141,6 +144,14 @@ where
         .service(recovery::approve)
         .service(recovery::dismiss)
         .service(audit::list)
+        .service(webhooks::create)
+        .service(webhooks::list)
+        .service(webhooks::get_one)
+        .service(webhooks::update)
+        .service(webhooks::remove)
+        .service(webhooks::rotate_secret)
+        .service(webhooks::deliveries)
+        .service(webhooks::retry)
         .service(reset_page::show)
         .service(reset_page::submit)
         .service(ops::healthz)

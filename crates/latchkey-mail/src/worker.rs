@@ -95,12 +95,19 @@ fn worker_name(instance: u32) -> String {
     format!("latchkey-mail-{}-{instance}-{tail}", std::process::id())
 }
 
+/// The pause before restarting a worker instance that failed; doubles while instances fail
+/// at once (the backend is down), up to 30 s.
+const RESTART_FIRST: Duration = Duration::from_millis(250);
+/// An instance that ran this long was healthy: its failure restarts after [`RESTART_FIRST`].
+const RESTART_HEALTHY: Duration = Duration::from_secs(1);
+
 /// Runs the mail worker until `shutdown` resolves, then stops gracefully (see the module
 /// doc) and returns.
 ///
-/// Backend failures are logged and the worker restarted after a pause (1 s, doubling up to
-/// 30 s); they never end this function. Alongside, the sweep queues every delivery that is
-/// due and not in flight, every `sweep_interval` ([`sweep`]); the `email_queue_depth` gauge
+/// Backend failures are logged and the worker restarted after a pause (250 ms, doubling up
+/// to 30 s while instances fail at once; back to 250 ms after an instance ran for a second);
+/// they never end this function. Alongside, the sweep queues every delivery that is due and
+/// not in flight, every `sweep_interval` ([`sweep`]); the `email_queue_depth` gauge
 /// is refreshed every 10 s; finished jobs and finished deliveries are purged every hour.
 ///
 /// Errors (at start only): an invalid `From` address or SMTP URL, or an outbox directory
@@ -125,7 +132,7 @@ where
         sweep(queue.clone(), store, clock, config.sweep_interval, config.requeue),
     );
     let mut housekeeping = pin!(background.fuse());
-    let mut restart_delay = Duration::from_secs(1);
+    let mut restart_delay = RESTART_FIRST;
     let mut instance = 0u32;
     loop {
         instance = instance.wrapping_add(1);
@@ -142,8 +149,10 @@ where
             tracing::info!("mail worker stopped");
             return Ok(());
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            restart_delay = Duration::from_secs(1); // it had been running fine: a fresh failure
+        if started.elapsed() >= RESTART_HEALTHY {
+            // It had been running fine: a fresh failure (a flushed queue drops the worker's
+            // registration, and owed codes must not wait out a long pause).
+            restart_delay = RESTART_FIRST;
         }
         tracing::warn!(worker = %name, restart_in_ms = restart_delay.as_millis(), "mail worker instance ended; restarting");
         tokio::select! {

@@ -391,6 +391,24 @@ pub struct AuditEvent {
     pub detail: serde_json::Value,
 }
 
+impl AuditEvent {
+    /// The event as the audit API shows it (`{id, at, actor_id, subject_id, kind, ip,
+    /// user_agent, detail}`, DESIGN.md section 3): also the `data` of a webhook delivery
+    /// (DESIGN.md 5.6).
+    pub fn api_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.to_string(),
+            "at": self.at,
+            "actor_id": self.actor_id,
+            "subject_id": self.subject_id,
+            "kind": self.kind.as_str(),
+            "ip": self.ip,
+            "user_agent": self.user_agent,
+            "detail": self.detail,
+        })
+    }
+}
+
 /// A user's set of recovery codes, as far as it can be shown (the codes are stored only as
 /// keyed hashes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

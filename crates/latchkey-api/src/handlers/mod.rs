@@ -12,6 +12,7 @@ pub mod reset_page;
 pub mod settings;
 pub mod two_factor;
 pub mod webauthn;
+pub mod webhooks;
 
 use actix_web::HttpResponse;
 use actix_web::http::header;

@@ -205,22 +205,29 @@ fn like_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
 }
 
-/// The deliveries of endpoint `id`, newest event first, after the cursor (an event id).
+/// The deliveries of endpoint `id`, newest event first, after the cursor (an event id), each
+/// with its audit event's kind (`None` once the event is gone).
 pub fn deliveries(
     conn: &mut DbConn,
     id: WebhookId,
     after: Option<AuditEventId>,
     limit: i64,
-) -> StoreResult<Vec<Delivery>> {
+) -> StoreResult<Vec<(Delivery, Option<String>)>> {
+    use crate::schema::audit_events as a;
     let mut q = d::table.filter(d::webhook_id.eq(id.to_string())).into_boxed();
     if let Some(after) = after {
         q = q.filter(d::event_id.lt(after.to_string()));
     }
-    let ids: Vec<String> = q.order(d::event_id.desc()).limit(limit).select(d::id).load(conn)?;
+    let ids: Vec<(String, Option<String>)> =
+        q.order(d::event_id.desc()).limit(limit).select((d::id, d::event_id)).load(conn)?;
     let mut out = Vec::with_capacity(ids.len());
-    for i in ids {
+    for (i, event) in ids {
         let delivery = super::deliveries::get(conn, parse("delivery id", &i)?)?;
-        out.push(delivery.ok_or(StoreError::Corrupt("delivery vanished"))?);
+        let kind: Option<String> = match event {
+            Some(e) => a::table.find(e).select(a::kind).first(conn).optional()?,
+            None => None,
+        };
+        out.push((delivery.ok_or(StoreError::Corrupt("delivery vanished"))?, kind));
     }
     Ok(out)
 }

@@ -19,6 +19,7 @@ mod signin;
 mod step_up;
 mod verify;
 mod webauthn;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -52,6 +53,7 @@ pub use self_service::{MethodSetup, TwoFactorOverview};
 pub use settings::{EnableSetup, MethodChanges, SettingsView};
 pub use signin::{ChallengeView, IssuedDevice, IssuedSession, SignIn};
 pub use webauthn::PasskeyStart;
+pub use webhooks::{CreatedWebhook, NewWebhook, WebhookChanges, resolve as resolve_webhook_host};
 
 use crate::actor::Registry;
 use crate::error::{Error, Result};
@@ -153,6 +155,11 @@ pub struct ServerSettings {
     /// How long an email change waits for the notice to the old address to go out before it
     /// answers (`LATCHKEY_NOTICE_WAIT_MS`).
     pub notice_wait: std::time::Duration,
+    /// The webhook URL and address rules (`LATCHKEY_WEBHOOK_ALLOW_HTTP`,
+    /// `LATCHKEY_WEBHOOK_ALLOW_PRIVATE`, DESIGN.md 5.6).
+    pub webhook_policy: latchkey_core::webhook::UrlPolicy,
+    /// Most webhook endpoints one tenant may have (`LATCHKEY_WEBHOOKS_PER_TENANT`).
+    pub webhooks_per_tenant: u32,
 }
 
 impl ServerSettings {
@@ -164,6 +171,8 @@ impl ServerSettings {
             bounds: config.settings_bounds(),
             delivery_requeue: config.delivery_requeue(),
             notice_wait: std::time::Duration::from_millis(config.notice_wait_ms),
+            webhook_policy: config.webhook_policy(),
+            webhooks_per_tenant: config.webhooks_per_tenant,
         }
     }
 }
