@@ -183,6 +183,7 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 #[derive(Clone)]
 struct WorkingKeys {
     id: KeyId,
+    check: [u8; 32],
     mac_key: Zeroizing<[u8; 32]>,
     aead: XChaCha20Poly1305,
 }
@@ -194,7 +195,7 @@ impl WorkingKeys {
             Ok(aead) => aead,
             Err(_) => unreachable!("the derived key is 32 bytes"),
         };
-        Self { id: server_key.id(), mac_key: server_key.derive(b"mac"), aead }
+        Self { id: server_key.id(), check: server_key.check_value(), mac_key: server_key.derive(b"mac"), aead }
     }
 
     fn open_raw(&self, nonce_and_ciphertext: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
@@ -269,6 +270,16 @@ impl Keys {
     /// The id of the current key (the one that seals).
     pub fn current_id(&self) -> KeyId {
         self.current.id
+    }
+
+    /// The check value of the current key ([`ServerKey::check_value`]).
+    pub fn current_check(&self) -> [u8; 32] {
+        self.current.check
+    }
+
+    /// The previous key whose check value is `check`, if any.
+    pub fn previous_with_check(&self, check: &[u8]) -> Option<KeyId> {
+        self.previous.iter().find(|k| ct_eq(&k.check, check)).map(|k| k.id)
     }
 
     /// The ids of the previous keys, in their configured order.

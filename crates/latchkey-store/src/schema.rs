@@ -201,6 +201,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    server_key (id) {
+        id -> Integer,
+        fingerprint -> Text,
+        check_value -> Binary,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
 diesel::joinable!(recovery_requests -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -218,4 +228,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     recovery_codes,
     trusted_devices,
     webhooks,
+    server_key,
 );
