@@ -29,6 +29,9 @@ pub struct Core {
     pub metrics: Metrics,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// Set at shutdown: the HTTP API closes every connection after its answer (keep-alive
+    /// connections drain instead of being cut) and `/readyz` answers 503.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Errors of start-up.
@@ -75,7 +78,7 @@ impl Core {
         }
         crate::keys::check_sealed_keys(&store, &keys)?;
         let metrics = Metrics::new().map_err(|e| StartError::Other(e.to_string()))?;
-        Ok(Self { config: Arc::new(config), store, keys, metrics, clock })
+        Ok(Self { config: Arc::new(config), store, keys, metrics, clock, draining: Arc::default() })
     }
 
     /// The use-cases, with tenant actors on `arbiter` and mail going to `outbox`.
@@ -118,6 +121,7 @@ impl Core {
         state.request_timeout = Duration::from_secs(self.config.request_timeout_secs.max(1));
         state.docs = self.config.docs;
         state.outbox_probe = self.outbox_probe();
+        state.draining = self.draining.clone();
         let limiter = state.ip_limiter.clone();
         actix_rt::spawn(async move {
             let mut every = actix_rt::time::interval(Duration::from_secs(60));

@@ -268,9 +268,13 @@ async fn serve(config: Config, with_worker: bool, http_workers: usize) -> Result
             .await
         })
     });
+    let draining = core.draining.clone();
     actix_rt::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down");
+        tracing::info!("shutting down: draining connections");
+        // Answers from now on close their connections; then stop accepting and wait for the
+        // open connections to end (within LATCHKEY_SHUTDOWN_TIMEOUT_SECS).
+        draining.store(true, std::sync::atomic::Ordering::Relaxed);
         handle.stop(true).await;
     });
     tracing::info!(%listen, worker = with_worker, queue = queue.backend_name(), "latchkey is serving");

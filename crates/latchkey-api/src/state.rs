@@ -32,6 +32,10 @@ pub struct AppState {
     /// With embedded mail, the check that the outbox directory can be written, run by
     /// `/readyz`; `None` with SMTP.
     pub outbox_probe: Option<OutboxProbe>,
+    /// Set at shutdown: every answer closes its connection (`Connection: close`), so that
+    /// keep-alive clients move to another process instead of having an idle connection cut
+    /// under a request, and `/readyz` answers 503 (see [`crate::middleware::drain`]).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A blocking check (run on the blocking pool) that says why the outbox cannot be written.
@@ -66,6 +70,7 @@ impl AppState {
             request_timeout: std::time::Duration::from_secs(30),
             docs: true,
             outbox_probe: None,
+            draining: Arc::default(),
         }
     }
 }
