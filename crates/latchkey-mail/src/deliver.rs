@@ -44,6 +44,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use latchkey_core::metrics::Metrics;
+use latchkey_core::crypto::{CryptoError, SealedBy, sealed_by};
 use latchkey_core::{Clock, DeliveryId, Keys};
 use latchkey_store::Store;
 use latchkey_store::repo::deliveries::{self, Attempt, Delivery, DeliveryKind, DeliveryState};
@@ -289,7 +290,15 @@ impl Deliverer {
         let Some(sealed) = row.payload.as_deref() else {
             return self.fail(&row, "mail delivery without a payload").await;
         };
-        if let Err(e) = self.keys.open(sealed, &deliveries::payload_aad(id)) {
+        // Sealed under a key this process does not have: one it cannot name, or a value of the
+        // first format (no key id) that none of its keys opens. A value that names one of its
+        // keys and does not open is corrupt or misplaced: that fails below, for good.
+        let foreign = match self.keys.open(sealed, &deliveries::payload_aad(id)) {
+            Err(e @ CryptoError::UnknownKey(_)) => Some(e),
+            Err(e) if sealed_by(sealed) == SealedBy::Unrecorded => Some(e),
+            _ => None,
+        };
+        if let Some(e) = foreign {
             if row.expires_at.is_some_and(|at| at <= self.clock.now()) {
                 return self.expire(&row).await;
             }
