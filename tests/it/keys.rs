@@ -3,8 +3,8 @@
 use latchkey::app::StartError;
 use latchkey::keys::{self, KeyError};
 use latchkey_core::ServerKey;
-use latchkey_store::repo::sealed::SealedColumn;
 use latchkey_core::config::Sensitive;
+use latchkey_store::repo::sealed::SealedColumn;
 use serde_json::json;
 
 use crate::common::*;
@@ -76,7 +76,8 @@ async fn rotation_moves_every_value_and_previous_keys_open_old_values() {
         old.user(&admin_token, &agent, "agent").await;
         let ch = old.challenge(&slug, &agent).await;
         assert_eq!(ch["next"], "enroll", "{ch}");
-        let setup = old.post("/api/v1/auth/2fa/authenticator/setup", json!({"challenge_token": ch["challenge_token"]})).await;
+        let setup =
+            old.post("/api/v1/auth/2fa/authenticator/setup", json!({"challenge_token": ch["challenge_token"]})).await;
         assert_eq!(setup.status, 200, "{setup:?}");
         let agent_secret = setup.s("secret");
         let before = keys::status(&old.core.store).unwrap();

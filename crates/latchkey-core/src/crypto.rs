@@ -94,7 +94,9 @@ pub enum CryptoError {
     #[error("sealed data cannot be opened with this key")]
     Open,
     /// Sealed data names a key that is neither the current nor a previous one.
-    #[error("sealed data was sealed by key {0}, which is neither LATCHKEY_SECRET_KEY nor in LATCHKEY_PREVIOUS_SECRET_KEYS")]
+    #[error(
+        "sealed data was sealed by key {0}, which is neither LATCHKEY_SECRET_KEY nor in LATCHKEY_PREVIOUS_SECRET_KEYS"
+    )]
     UnknownKey(KeyId),
 }
 

@@ -43,8 +43,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use latchkey_core::metrics::Metrics;
 use latchkey_core::crypto::{CryptoError, SealedBy, sealed_by};
+use latchkey_core::metrics::Metrics;
 use latchkey_core::{Clock, DeliveryId, Keys};
 use latchkey_store::Store;
 use latchkey_store::repo::deliveries::{self, Attempt, Delivery, DeliveryKind, DeliveryState};
