@@ -99,7 +99,8 @@ fn worker_name(instance: u32) -> String {
 /// doc) and returns.
 ///
 /// Backend failures are logged and the worker restarted after a pause (1 s, doubling up to
-/// 30 s); they never end this function. Alongside, the sweep queues every delivery that is
+/// 30 s while instances keep failing at once; back to 1 s after an instance that ran); they
+/// never end this function. Alongside, the sweep queues every delivery that is
 /// due and not in flight, every `sweep_interval` ([`sweep`]); the `email_queue_depth` gauge
 /// is refreshed every 10 s; finished jobs and finished deliveries are purged every hour.
 ///
@@ -142,8 +143,11 @@ where
             tracing::info!("mail worker stopped");
             return Ok(());
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            restart_delay = Duration::from_secs(1); // it had been running fine: a fresh failure
+        // It had been running fine (longer than a few seconds, and longer than the pause before
+        // it): a fresh failure, such as the queue flushed once more (the worker's registration
+        // goes with it), restarts after the first pause again, not after a grown one.
+        if started.elapsed() > restart_delay.max(Duration::from_secs(5)) {
+            restart_delay = Duration::from_secs(1);
         }
         tracing::warn!(worker = %name, restart_in_ms = restart_delay.as_millis(), "mail worker instance ended; restarting");
         tokio::select! {
