@@ -87,6 +87,9 @@ enum End {
     Failed,
 }
 
+/// The first pause before a failed worker instance is restarted.
+const FIRST_RESTART: Duration = Duration::from_millis(250);
+
 /// A worker name unique to this process and instance: apalis refuses to register a name
 /// seen alive recently, and a restarted worker must not be taken for its predecessor.
 fn worker_name(instance: u32) -> String {
@@ -98,9 +101,9 @@ fn worker_name(instance: u32) -> String {
 /// Runs the mail worker until `shutdown` resolves, then stops gracefully (see the module
 /// doc) and returns.
 ///
-/// Backend failures are logged and the worker restarted after a pause (1 s, doubling up to
-/// 30 s while instances keep failing at once; back to 1 s after an instance that ran); they
-/// never end this function. Alongside, the sweep queues every delivery that is
+/// Backend failures are logged and the worker restarted after a pause (250 ms, doubling up
+/// to 30 s while instances keep failing at once; back to 250 ms after an instance that ran
+/// longer than its pause); they never end this function. Alongside, the sweep queues every delivery that is
 /// due and not in flight, every `sweep_interval` ([`sweep`]); the `email_queue_depth` gauge
 /// is refreshed every 10 s; finished jobs and finished deliveries are purged every hour.
 ///
@@ -126,7 +129,7 @@ where
         sweep(queue.clone(), store, clock, config.sweep_interval, config.requeue),
     );
     let mut housekeeping = pin!(background.fuse());
-    let mut restart_delay = Duration::from_secs(1);
+    let mut restart_delay = FIRST_RESTART;
     let mut instance = 0u32;
     loop {
         instance = instance.wrapping_add(1);
@@ -143,11 +146,11 @@ where
             tracing::info!("mail worker stopped");
             return Ok(());
         }
-        // It had been running fine (longer than a few seconds, and longer than the pause before
-        // it): a fresh failure, such as the queue flushed once more (the worker's registration
-        // goes with it), restarts after the first pause again, not after a grown one.
-        if started.elapsed() > restart_delay.max(Duration::from_secs(5)) {
-            restart_delay = Duration::from_secs(1);
+        // It had been running (longer than the pause before it): a fresh failure, such as the
+        // queue flushed once more (the worker's registration goes with it), restarts after the
+        // first pause again, not after a grown one; only instances that fail at once back off.
+        if started.elapsed() > restart_delay {
+            restart_delay = FIRST_RESTART;
         }
         tracing::warn!(worker = %name, restart_in_ms = restart_delay.as_millis(), "mail worker instance ended; restarting");
         tokio::select! {
