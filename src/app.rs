@@ -29,6 +29,9 @@ pub struct Core {
     pub metrics: Metrics,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// Set at shutdown: the HTTP API closes every connection after its answer (keep-alive
+    /// connections drain instead of being cut) and `/readyz` answers 503.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Errors of start-up.
@@ -37,6 +40,9 @@ pub enum StartError {
     /// Bad configuration.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The server key does not match the database's, or sealed values name an unknown key.
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
     /// The database cannot be opened or migrated.
     #[error("database: {0}")]
     Store(#[from] latchkey_store::StoreError),
@@ -46,16 +52,33 @@ pub enum StartError {
 }
 
 impl Core {
-    /// Opens the store (running migrations; a SQLite file is created mode 0600) and loads or
-    /// generates the server key. Blocking: call before serving.
+    /// Opens the store (running migrations; a SQLite file is created mode 0600), loads or
+    /// generates the server key and checks it against the database's (DESIGN.md 5.8): a
+    /// process with another key stops here, before it serves or takes a job. Blocking: call
+    /// before serving.
     pub fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
         let keys = config::keys(&config)?;
         if let Some(file) = config::sqlite_file(&config.database_url()) {
             config::private_file(&file)?;
         }
+        // Before the migrations too, so that a process with the wrong key changes nothing.
+        crate::keys::precheck(&config.database_url(), &keys)?;
         let store = Store::open(&config.database_url(), config.db_pool_size)?;
+        match crate::keys::check_server_key(&store, &keys, clock.as_ref())? {
+            crate::keys::KeyCheck::First(id) => {
+                tracing::info!(fingerprint = %id, "the database now keeps the check value of this server key")
+            }
+            crate::keys::KeyCheck::Matched(id) => tracing::debug!(fingerprint = %id, "server key matches the database"),
+            crate::keys::KeyCheck::Rotated { from, to } => tracing::warn!(
+                from = %from,
+                to = %to,
+                "server key rotated: the database's key is now the current one; processes still on the previous \
+                 key will refuse to start; run `latchkey keys rotate` to re-seal the stored values"
+            ),
+        }
+        crate::keys::check_sealed_keys(&store, &keys)?;
         let metrics = Metrics::new().map_err(|e| StartError::Other(e.to_string()))?;
-        Ok(Self { config: Arc::new(config), store, keys, metrics, clock })
+        Ok(Self { config: Arc::new(config), store, keys, metrics, clock, draining: Arc::default() })
     }
 
     /// The use-cases, with tenant actors on `arbiter` and mail going to `outbox`.
@@ -105,6 +128,7 @@ impl Core {
             Arc::new(move |req: &actix_web::HttpRequest| latchkey_api::extract::client_ip(req, &proxies));
         let web = latchkey_web::WebState::new(state.service.clone(), self.clock.clone(), client_ip);
         state.extra_routes = Some(Arc::new(latchkey_web::configure(web)));
+        state.draining = self.draining.clone();
         let limiter = state.ip_limiter.clone();
         actix_rt::spawn(async move {
             let mut every = actix_rt::time::interval(Duration::from_secs(60));

@@ -87,6 +87,7 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
     if let Some(key) = &c.secret_key {
         ServerKey::parse(&key.0).map_err(|e| bad("LATCHKEY_SECRET_KEY", e))?;
     }
+    previous_keys(c)?;
     if c.operator_token.as_ref().is_some_and(|t| t.0.len() < 16) {
         return Err(bad("LATCHKEY_OPERATOR_TOKEN", "must be at least 16 characters"));
     }
@@ -239,7 +240,40 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// The working keys of the configuration.
+/// The previous server keys (`LATCHKEY_PREVIOUS_SECRET_KEYS`, comma-separated), in order.
+///
+/// Errors, naming the variable and the position: a key that does not parse, or one listed
+/// twice.
+pub fn previous_keys(c: &Config) -> Result<Vec<ServerKey>, ConfigError> {
+    const VAR: &str = "LATCHKEY_PREVIOUS_SECRET_KEYS";
+    let Some(list) = &c.previous_secret_keys else { return Ok(Vec::new()) };
+    let mut keys: Vec<ServerKey> = Vec::new();
+    for (i, item) in list.0.split(',').map(str::trim).filter(|s| !s.is_empty()).enumerate() {
+        let key = ServerKey::parse(item).map_err(|e| bad(VAR, format!("key {} of the list: {e}", i + 1)))?;
+        if keys.iter().any(|k| k.id() == key.id()) {
+            return Err(bad(VAR, format!("key {} of the list is listed twice (fingerprint {})", i + 1, key.id())));
+        }
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+/// The working keys of the configuration: the server key ([`server_key`]) and the previous
+/// keys ([`previous_keys`]).
+///
+/// Errors: those of both, and a previous key equal to the current one (the message names
+/// `LATCHKEY_PREVIOUS_SECRET_KEYS` and the fingerprint).
 pub fn keys(c: &Config) -> Result<Keys, ConfigError> {
-    server_key(c).map(|k| Keys::new(&k))
+    let previous = previous_keys(c)?;
+    let current = server_key(c)?;
+    if previous.iter().any(|k| k.id() == current.id()) {
+        return Err(bad(
+            "LATCHKEY_PREVIOUS_SECRET_KEYS",
+            format!(
+                "lists the current server key (fingerprint {}); a previous key must differ from LATCHKEY_SECRET_KEY",
+                current.id()
+            ),
+        ));
+    }
+    Ok(Keys::with_previous(&current, &previous))
 }

@@ -5,6 +5,8 @@
 //! - `latchkey worker` runs the mail worker alone;
 //! - `latchkey migrate` runs the database migrations;
 //! - `latchkey tenant create` creates a tenant and its first admin;
+//! - `latchkey keys status` / `latchkey keys rotate`: sealed values per server key, and
+//!   re-sealing them with the current key (DESIGN.md 5.8);
 //! - `latchkey config` prints the effective configuration (secrets redacted).
 
 use std::io::{Read as _, Write as _};
@@ -53,6 +55,25 @@ enum Command {
     },
     /// Print the effective configuration (secrets redacted).
     Config,
+    /// The server key: its check, and rotation to a new key.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print the fingerprints of the configured keys and of the database's key, and how many
+    /// sealed values each key sealed.
+    Status,
+    /// Re-seal every sealed value with LATCHKEY_SECRET_KEY (values sealed by the keys of
+    /// LATCHKEY_PREVIOUS_SECRET_KEYS). Resumable, in batches, safe while serving.
+    Rotate {
+        /// Rows read per batch.
+        #[arg(long, default_value_t = 500)]
+        batch: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -154,6 +175,69 @@ async fn run(command: Command, config: Config) -> Result<(), StartError> {
             );
             Ok(())
         }
+        Command::Keys { command } => {
+            let core = Core::open(one_connection(config), Arc::new(SystemClock))?;
+            let mut out = std::io::stdout();
+            let show = |out: &mut std::io::Stdout, core: &Core| -> Result<(), StartError> {
+                let st = latchkey::keys::status(&core.store)?;
+                let current = core.keys.current_id();
+                let _ = writeln!(out, "current key (LATCHKEY_SECRET_KEY): {current}");
+                for id in core.keys.previous_ids() {
+                    let _ = writeln!(out, "previous key (LATCHKEY_PREVIOUS_SECRET_KEYS): {id}");
+                }
+                let _ = writeln!(out, "sealed values per key:");
+                if st.counts.is_empty() {
+                    let _ = writeln!(out, "  (none)");
+                }
+                for (key, cols) in &st.counts {
+                    let name = match key {
+                        Some(k) if *k == current.fingerprint() => format!("{k} (current)"),
+                        Some(k) => format!("{k} (previous)"),
+                        None => "no key recorded (sealed before key ids; re-sealed by rotate)".to_owned(),
+                    };
+                    let total: i64 = cols.values().sum();
+                    let detail: Vec<String> = cols.iter().map(|(c, n)| format!("{c} {n}")).collect();
+                    let _ = writeln!(out, "  {name}: {total} ({})", detail.join(", "));
+                }
+                let _ = writeln!(out, "to re-seal with the current key: {}", st.to_rotate(current));
+                Ok(())
+            };
+            match command {
+                KeysCommand::Status => show(&mut out, &core),
+                KeysCommand::Rotate { batch } => {
+                    let store = core.store.clone();
+                    let keys = core.keys.clone();
+                    let done = tokio::task::spawn_blocking(move || {
+                        latchkey::keys::rotate(&store, &keys, batch, |column, so_far| {
+                            let _ = writeln!(
+                                std::io::stdout(),
+                                "{}: re-sealed {} so far ({} already current, {} changed meanwhile, {} unreadable)",
+                                column.name(),
+                                so_far.resealed,
+                                so_far.current,
+                                so_far.skipped,
+                                so_far.unreadable
+                            );
+                        })
+                    })
+                    .await
+                    .map_err(|e| StartError::Other(e.to_string()))??;
+                    let _ = writeln!(
+                        out,
+                        "rotation done: {} re-sealed, {} already current, {} changed meanwhile, {} unreadable",
+                        done.resealed, done.current, done.skipped, done.unreadable
+                    );
+                    show(&mut out, &core)?;
+                    if done.unreadable > 0 {
+                        return Err(StartError::Other(format!(
+                            "{} sealed value(s) could not be opened with any configured key",
+                            done.unreadable
+                        )));
+                    }
+                    Ok(())
+                }
+            }
+        }
         Command::Serve { no_worker, http_workers } => serve(config, !no_worker, http_workers).await,
         Command::Worker => worker(config).await,
     }
@@ -184,9 +268,13 @@ async fn serve(config: Config, with_worker: bool, http_workers: usize) -> Result
             .await
         })
     });
+    let draining = core.draining.clone();
     actix_rt::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down");
+        tracing::info!("shutting down: draining connections");
+        // Answers from now on close their connections; then stop accepting and wait for the
+        // open connections to end (within LATCHKEY_SHUTDOWN_TIMEOUT_SECS).
+        draining.store(true, std::sync::atomic::Ordering::Relaxed);
         handle.stop(true).await;
     });
     tracing::info!(%listen, worker = with_worker, queue = queue.backend_name(), "latchkey is serving");

@@ -101,6 +101,15 @@ impl TestApp {
         Self::spawn_with(self.db, config, self._dir.clone(), self._pg.clone(), self.clock.clone()).await
     }
 
+    /// Another app process on the same database and clock, with its configuration changed by
+    /// `tweak` (e.g. another server key); the error of its start-up if it refuses.
+    pub async fn twin_with(&self, tweak: impl FnOnce(&mut Config)) -> Result<TestApp, latchkey::app::StartError> {
+        let mut config = (*self.core.config).clone();
+        tweak(&mut config);
+        Core::open(config.clone(), Arc::new(self.clock.clone()))?;
+        Ok(Self::spawn_with(self.db, config, self._dir.clone(), self._pg.clone(), self.clock.clone()).await)
+    }
+
     async fn spawn_with(
         db: Db,
         config: Config,

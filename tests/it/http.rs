@@ -295,3 +295,20 @@ async fn the_worker_endpoints_answer_head_and_check_the_outbox() {
     assert_eq!(body["outbox"], "down", "{body}");
     handle.stop(false).await;
 }
+
+/// At shutdown (draining), every answer closes its connection, so keep-alive connections end
+/// between requests rather than being cut under one, and `/readyz` answers 503.
+#[actix_web::test]
+async fn draining_closes_connections_after_each_answer() {
+    let app = TestApp::spawn(Db::Sqlite, |_| {}).await;
+    let before = app.call("GET", "/healthz", None, None).await;
+    assert_eq!(before.status, 200);
+    assert_ne!(before.header("connection").as_deref(), Some("close"), "{before:?}");
+    app.core.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during = app.call("GET", "/healthz", None, None).await;
+    assert_eq!(during.status, 200);
+    assert_eq!(during.header("connection").as_deref(), Some("close"), "{during:?}");
+    let ready = app.call("GET", "/readyz", None, None).await;
+    assert_eq!((ready.status, ready.code()), (503, "unavailable"), "{ready:?}");
+    app.stop().await;
+}

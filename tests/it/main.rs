@@ -14,6 +14,7 @@ mod email;
 mod fuzz;
 mod hardening;
 mod http;
+mod keys;
 mod notices;
 mod recovery;
 mod self_service;

@@ -250,6 +250,7 @@ pub fn app(
         .wrap(from_fn(middleware::head_as_get))
         .wrap(from_fn(metrics::observe))
         .wrap(from_fn(middleware::log_requests))
+        .wrap(from_fn(middleware::drain))
 }
 
 /// `GET /api/v1/openapi.json`: the OpenAPI 3.1 document.

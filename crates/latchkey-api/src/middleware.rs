@@ -58,6 +58,23 @@ pub async fn head_as_get(
     next.call(req).await
 }
 
+/// Graceful shutdown without cut requests: once [`AppState::draining`] is set (SIGTERM),
+/// every answer carries `Connection: close` and the connection closes after it, so a
+/// keep-alive connection ends between two requests (the client opens a new one, to another
+/// process), never under one; the server waits for those connections to end (within
+/// `LATCHKEY_SHUTDOWN_TIMEOUT_SECS`) instead of dropping the busy ones at the timeout.
+pub async fn drain(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let draining = req.app_data::<web::Data<AppState>>().map(|st| st.draining.clone());
+    let mut res = next.call(req).await?;
+    if draining.is_some_and(|d| d.load(std::sync::atomic::Ordering::Relaxed)) {
+        res.response_mut().head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+    }
+    Ok(res)
+}
+
 /// Bounds the time a request may take, body included (a client that sends its headers and
 /// then trickles or withholds the body is cut off): 408 `request_timeout` after
 /// `LATCHKEY_REQUEST_TIMEOUT_SECS`.

@@ -38,6 +38,10 @@ pub struct AppState {
     pub outbox_probe: Option<OutboxProbe>,
     /// Routes of other crates mounted beside the API (the hosted pages); `None`: none.
     pub extra_routes: Option<ExtraRoutes>,
+    /// Set at shutdown: every answer closes its connection (`Connection: close`), so that
+    /// keep-alive clients move to another process instead of having an idle connection cut
+    /// under a request, and `/readyz` answers 503 (see [`crate::middleware::drain`]).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A blocking check (run on the blocking pool) that says why the outbox cannot be written.
@@ -73,6 +77,7 @@ impl AppState {
             docs: true,
             outbox_probe: None,
             extra_routes: None,
+            draining: Arc::default(),
         }
     }
 }

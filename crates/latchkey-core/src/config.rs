@@ -59,6 +59,10 @@ pub struct Config {
     /// The server key (32 bytes as 64 hex or 44 base64 characters); default: generated into
     /// `$DATA_DIR/secret.key` (mode 0600) on first start.
     pub secret_key: Option<Sensitive>,
+    /// Server keys of before a rotation (comma-separated, each like `secret_key`): accepted
+    /// for opening sealed values and checking keyed hashes, never for sealing (DESIGN.md 5.8).
+    /// Default: none.
+    pub previous_secret_keys: Option<Sensitive>,
     /// Bearer token of operator endpoints; unset disables them.
     pub operator_token: Option<Sensitive>,
     /// Proxies whose `X-Forwarded-For` is believed (comma-separated addresses or CIDRs).
@@ -180,6 +184,7 @@ impl Default for Config {
             mail_from: "Latchkey <no-reply@localhost>".to_owned(),
             public_url: None,
             secret_key: None,
+            previous_secret_keys: None,
             operator_token: None,
             trusted_proxies: Vec::new(),
             email_otp_ttl_secs: 300,

@@ -27,6 +27,6 @@ pub mod webhook;
 pub use audit::AuditKind;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Limits};
-pub use crypto::{Keys, SecretToken, ServerKey};
+pub use crypto::{KeyId, Keys, SecretToken, ServerKey};
 pub use ids::*;
 pub use role::{Method, MethodSet, Role};

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub email_queue_depth: IntGauge,
     /// `latchkey_signin_seconds`: duration of password checks (argon2id) on the blocking pool.
     pub password_check: Histogram,
+    /// `latchkey_sealed_open_failures_total{kind}`: jobs a worker met whose sealed payload it
+    /// cannot open with its keys (sealed under a key it does not have); each is left to be
+    /// retried by a worker that can (DESIGN.md 5.8). kind `otp`, `reset_link`, `notice`, `webhook`.
+    pub sealed_open_failures: IntCounterVec,
 }
 
 /// Errors of metric registration (a name registered twice).
@@ -76,6 +80,17 @@ impl Metrics {
         registry.register(Box::new(tenant_actors.clone()))?;
         registry.register(Box::new(email_queue_depth.clone()))?;
         registry.register(Box::new(password_check.clone()))?;
+        let sealed_open_failures = IntCounterVec::new(
+            Opts::new(
+                "latchkey_sealed_open_failures_total",
+                "Jobs left for retry because their sealed payload cannot be opened with this process's keys",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(sealed_open_failures.clone()))?;
+        for kind in ["otp", "reset_link", "notice", "webhook"] {
+            sealed_open_failures.with_label_values(&[kind]);
+        }
         // Make the labelled families visible before their first event.
         for method in ["authenticator", "email"] {
             for outcome in ["success", "invalid", "expired", "replayed", "blocked"] {
@@ -101,6 +116,7 @@ impl Metrics {
             tenant_actors,
             email_queue_depth,
             password_check,
+            sealed_open_failures,
         })
     }
 

@@ -5,7 +5,9 @@
 //!   row ──missing──▶ done (a purged row or a foreign job)      final state ──▶ done (a copy)
 //!    │
 //!    ▼
-//!   open the sealed payload ──fail──▶ failed (never retried)
+//!   open the sealed payload ──not under this process's keys──▶ left for retry (a worker
+//!    │                       with the key takes it; metric + error log)
+//!    │                    ──does not decode──▶ failed (never retried)
 //!    │
 //!    ▼
 //!  ┌▶ expired? ──yes──▶ dropped, `dropped_expired`: never sent late
@@ -41,6 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use latchkey_core::crypto::{CryptoError, SealedBy, sealed_by};
 use latchkey_core::metrics::Metrics;
 use latchkey_core::{Clock, DeliveryId, Keys};
 use latchkey_store::Store;
@@ -287,6 +290,32 @@ impl Deliverer {
         let Some(sealed) = row.payload.as_deref() else {
             return self.fail(&row, "mail delivery without a payload").await;
         };
+        // Sealed under a key this process does not have: one it cannot name, or a value of the
+        // first format (no key id) that none of its keys opens. A value that names one of its
+        // keys and does not open is corrupt or misplaced: that fails below, for good.
+        let foreign = match self.keys.open(sealed, &deliveries::payload_aad(id)) {
+            Err(e @ CryptoError::UnknownKey(_)) => Some(e),
+            Err(e) if sealed_by(sealed) == SealedBy::Unrecorded => Some(e),
+            _ => None,
+        };
+        if let Some(e) = foreign {
+            if row.expires_at.is_some_and(|at| at <= self.clock.now()) {
+                return self.expire(&row).await;
+            }
+            // Sealed under a key this process does not have (a process started with another
+            // key, a rotation under way): never dropped, the sweep queues it again for a
+            // worker that can open it.
+            self.metrics.sealed_open_failures.with_label_values(&[kind.as_str()]).inc();
+            tracing::error!(
+                delivery = %id,
+                kind = kind.as_str(),
+                error = %e,
+                key = %self.keys.current_id(),
+                "cannot open a mail delivery with this process's keys; left for another worker to retry \
+                 (check LATCHKEY_SECRET_KEY and LATCHKEY_PREVIOUS_SECRET_KEYS)"
+            );
+            return Outcome::AlreadyHandled;
+        }
         let payload = match open_payload(&self.keys, id, sealed) {
             Ok(p) => p,
             Err(e) => {

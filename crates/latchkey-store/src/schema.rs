@@ -250,6 +250,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    server_key (id) {
+        id -> Integer,
+        fingerprint -> Text,
+        check_value -> Binary,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
 diesel::joinable!(users -> tenants (tenant_id));
 diesel::joinable!(recovery_requests -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(
@@ -271,4 +281,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     webauthn_credentials,
     webauthn_handles,
     passkey_ceremonies,
+    server_key,
 );

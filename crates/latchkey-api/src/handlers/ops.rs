@@ -26,6 +26,9 @@ pub async fn healthz() -> HttpResponse {
 )]
 #[get("/readyz")]
 pub async fn readyz(st: web::Data<AppState>) -> HttpResponse {
+    if st.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return problem_response(&ApiError::Unavailable("not ready: shutting down".into()).problem());
+    }
     let db = st.service.store().ping().await;
     let queue = st.service.outbox().ping().await;
     if let Err(e) = &db {

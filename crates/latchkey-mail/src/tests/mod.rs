@@ -677,6 +677,36 @@ async fn a_job_that_cannot_be_unsealed_fails_without_retry() {
     running.stop().await;
 }
 
+/// DESIGN.md 5.8: a worker started with another key (or before a rotation reached it) never
+/// drops a mail it cannot open: it counts it, logs it, and leaves it for a worker that can.
+#[tokio::test]
+async fn a_job_sealed_under_a_key_the_worker_lacks_is_left_for_one_that_has_it() {
+    let mut w = World::new("Acme");
+    let server = SmtpServer::start().await;
+    let queue = w.sqlite_queue().await;
+    let job = w.otp_job("Acme", "135791", 300);
+    let delivery = job.delivery_id;
+    let other = ServerKey::parse(&"43".repeat(32)).unwrap();
+    w.keys = Keys::new(&other);
+    queue.enqueue(job).await.unwrap();
+    let running = w.start(&queue, smtp(&server));
+    let refused = || w.metrics.sealed_open_failures.with_label_values(&["otp"]).get();
+    wait_for("the refusal", || refused() >= 1).await;
+    running.stop().await;
+    assert!(server.messages().is_empty());
+    assert_eq!(w.jobs("otp", "failed"), 0, "not failed");
+    assert_eq!(w.delivery(delivery).0, DeliveryState::Pending, "left for retry");
+    // A worker that has the key (here as a previous key, after a rotation) sends it, once
+    // the job's in-flight lease has run out and the sweep queued it again.
+    w.keys = Keys::with_previous(&other, &[ServerKey::parse(&"42".repeat(32)).unwrap()]);
+    w.clock.advance_secs(10);
+    let running = w.start(&queue, smtp(&server));
+    wait_for("the message", || server.messages().len() == 1).await;
+    assert_eq!(six_digit_runs(parse(&server.messages()[0]).part("text/plain")), vec!["135791"]);
+    wait_for("the sent mark", || w.delivery(delivery).0 == DeliveryState::Sent).await;
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn unknown_deliveries_and_undecodable_jobs_do_not_jam_the_queue() {
     let w = World::new("Acme");

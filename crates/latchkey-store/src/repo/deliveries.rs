@@ -216,7 +216,7 @@ pub struct NewMail<'a> {
 /// The associated data under which a mail delivery's payload is sealed: binds the
 /// ciphertext to its row, so it cannot be moved into another.
 pub fn payload_aad(id: DeliveryId) -> Vec<u8> {
-    format!("delivery:{id}").into_bytes()
+    super::sealed::SealedColumn::DeliveryPayload.aad(&id.to_string())
 }
 
 /// Records a mail delivery (state `pending`, due at `now`).

@@ -11,6 +11,8 @@ pub mod locks;
 pub mod recovery;
 pub mod recovery_codes;
 pub mod reset_tokens;
+pub mod sealed;
+pub mod server_key;
 pub mod sessions;
 pub mod signin;
 pub mod tenants;

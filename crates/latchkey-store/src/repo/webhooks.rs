@@ -48,7 +48,7 @@ impl std::fmt::Debug for Webhook {
 
 /// The associated data of a webhook's sealed secret: binds it to its endpoint.
 pub fn secret_aad(id: WebhookId) -> Vec<u8> {
-    format!("webhook-secret:{id}").into_bytes()
+    super::sealed::SealedColumn::WebhookSecret.aad(&id.to_string())
 }
 
 #[derive(Queryable, Selectable)]

@@ -45,8 +45,19 @@ impl Service {
         now: DateTime<Utc>,
         missing: fn() -> Error,
     ) -> Result<Located> {
-        let hash = self.keys.token_hash(TokenPurpose::Challenge, token);
-        let found = self.store.run(move |c| challenges::open_with_user_by_token_hash(c, &hash, now)).await?;
+        // Current key first, then the previous ones (a token issued before a key rotation).
+        let hashes = self.keys.token_hashes(TokenPurpose::Challenge, token);
+        let found = self
+            .store
+            .run(move |c| {
+                for hash in &hashes {
+                    if let Some(found) = challenges::open_with_user_by_token_hash(c, hash, now)? {
+                        return Ok(Some(found));
+                    }
+                }
+                Ok(None)
+            })
+            .await?;
         let (challenge, user) = found.filter(|(ch, _)| ch.purpose == purpose).ok_or_else(missing)?;
         let span = tracing::Span::current();
         span.record("tenant", tracing::field::display(challenge.tenant_id));

@@ -247,12 +247,20 @@ impl Service {
     ///
     /// Errors: `Unauthenticated` for an unknown, expired or ended session.
     pub async fn authenticate(&self, ctx: &RequestCtx, bearer: &str) -> Result<Auth> {
-        let hash = self.keys.token_hash(TokenPurpose::Session, bearer);
+        // Current key first, then the previous ones (a session from before a key rotation).
+        let hashes = self.keys.token_hashes(TokenPurpose::Session, bearer);
         let now = ctx.now;
         let found = self
             .store
             .run(move |c| {
-                let Some(session) = sessions::by_token_hash(c, &hash, now)? else {
+                let mut session = None;
+                for hash in &hashes {
+                    session = sessions::by_token_hash(c, hash, now)?;
+                    if session.is_some() {
+                        break;
+                    }
+                }
+                let Some(session) = session else {
                     return Ok(None);
                 };
                 let user = users::by_id(c, session.tenant_id, session.user_id)?;

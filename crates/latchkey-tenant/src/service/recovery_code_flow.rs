@@ -127,7 +127,7 @@ impl Service {
         if loc.challenge.next != NextAction::Verify || !loc.tenant.settings.recovery_codes.get(loc.user.role) {
             return Err(Error::MethodNotAllowed);
         }
-        let hash = self.keys.recovery_code_hash(&loc.user.id.to_string(), code);
+        let hashes = self.keys.recovery_code_hashes(&loc.user.id.to_string(), code);
         let svc = self.clone();
         let ctx = ctx.clone();
         self.store
@@ -142,7 +142,14 @@ impl Service {
                 if !recovery_codes::has_unused(c, user.id)? {
                     return Ok(Err(Error::MethodNotAllowed));
                 }
-                if !recovery_codes::spend(c, user.id, &hash, now)? {
+                let mut spent = false;
+                for hash in &hashes {
+                    spent = recovery_codes::spend(c, user.id, hash, now)?;
+                    if spent {
+                        break;
+                    }
+                }
+                if !spent {
                     return Ok(Err(svc.on_failure(c, &ctx, &user, RECOVERY_CODE, false)?));
                 }
                 users::set_lockout(c, user.id, Default::default())?;

@@ -71,13 +71,20 @@ impl Service {
     ///
     /// Errors: `InvalidToken` for an unknown, used, voided or expired token.
     pub async fn reset_with_link(&self, ctx: &RequestCtx, token: &str) -> Result<()> {
-        let hash = self.keys.token_hash(TokenPurpose::Reset, token);
+        let hashes = self.keys.token_hashes(TokenPurpose::Reset, token);
         let ctx = ctx.clone();
         let svc = self.clone();
         self.store
             .write(move |c| {
                 let now = ctx.now;
-                let Some(row) = reset_tokens::live_by_hash(c, &hash, now)? else {
+                let mut row = None;
+                for hash in &hashes {
+                    row = reset_tokens::live_by_hash(c, hash, now)?;
+                    if row.is_some() {
+                        break;
+                    }
+                }
+                let Some(row) = row else {
                     return Ok(Err(Error::InvalidToken));
                 };
                 // A link works only while its user is still an admin (DESIGN.md "Accounts").

@@ -142,7 +142,7 @@ impl Service {
 
         let svc = self.clone();
         let ctx = ctx.clone();
-        let device_hash = device_token.map(|t| self.keys.token_hash(TokenPurpose::Device, t));
+        let device_hashes = device_token.map(|t| self.keys.token_hashes(TokenPurpose::Device, t)).unwrap_or_default();
         self.store
             .write(move |c| {
                 let Some((tenant, user)) = locks::tenant_then_user(c, tenant_id, TenantLock::Share, checked.id)? else {
@@ -171,8 +171,16 @@ impl Service {
                     return Ok(Ok(SignIn::Session(IssuedSession::new(token, session.expires_at, view))));
                 }
                 let days = tenant.settings.remember_device_days.get(user.role);
-                if let Some(hash) = device_hash.filter(|_| days > 0)
-                    && let Some(device) = trusted_devices::by_token_hash(c, user.id, &hash)?
+                let mut device = None;
+                if days > 0 {
+                    for hash in &device_hashes {
+                        device = trusted_devices::by_token_hash(c, user.id, hash)?;
+                        if device.is_some() {
+                            break;
+                        }
+                    }
+                }
+                if let Some(device) = device
                     && trust::device_honoured(
                         device.expires_at,
                         device.revoked_at.is_some(),

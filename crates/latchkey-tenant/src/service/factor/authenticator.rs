@@ -39,12 +39,12 @@ impl fmt::Debug for TotpSetup {
 
 /// The associated data of a challenge's pending secret.
 pub(in crate::service) fn pending_aad(challenge: &Challenge) -> Vec<u8> {
-    format!("pending-totp:{}", challenge.id).into_bytes()
+    latchkey_store::repo::sealed::SealedColumn::PendingSecret.aad(&challenge.id.to_string())
 }
 
 /// The associated data of a user's enrolled secret.
 fn enrolled_aad(user: UserId) -> Vec<u8> {
-    format!("totp:{user}").into_bytes()
+    latchkey_store::repo::sealed::SealedColumn::EnrollmentSecret.aad(&user.to_string())
 }
 
 /// The setup material of a new TOTP secret for `user` of `tenant` (issuer = tenant name,

@@ -4,7 +4,6 @@
 
 use chrono::{DateTime, Utc};
 use latchkey_core::Method;
-use latchkey_core::crypto::ct_eq;
 use latchkey_store::model::{Challenge, Enrollment, User};
 use latchkey_store::repo::{email_codes, enrollments};
 use latchkey_store::{DbConn, StoreResult};
@@ -33,7 +32,7 @@ impl SecondFactor for EmailCode {
         // An email code belongs to the challenge it was sent for; without one, none matches.
         let Some(challenge) = challenge else { return Ok(Checked::Wrong { expired: false }) };
         let codes = email_codes::for_challenge(conn, challenge.id)?;
-        let matched = codes.iter().find(|c| ct_eq(&svc.keys.code_hash(&c.id.to_string(), code), &c.code_hash));
+        let matched = codes.iter().find(|c| svc.keys.code_matches(&c.id.to_string(), code, &c.code_hash));
         let live = match matched {
             Some(c) if c.used_at.is_some() => return Ok(Checked::Wrong { expired: false }),
             Some(c) if c.voided_at.is_some() || c.expires_at <= now => return Ok(Checked::Wrong { expired: true }),
