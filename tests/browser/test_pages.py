@@ -75,7 +75,7 @@ def passkeys(browser, public, slug, who):
     page.wait_for_load_state()
     check("the passkey page loads its script from the binary",
           page.locator("script[src='/ui/assets/webauthn.js']").count() == 1, page.url)
-    page.screenshot(path=os.path.join(SHOTS, "enroll-passkey.png"), full_page=True)
+    page.screenshot(path=os.path.join(SHOTS, "passkey-01-enroll.png"), full_page=True)
     ceremony(page, "Create a passkey")
     check("a passkey enrolled at sign-in is on the authenticator, then the sign-in form comes back",
           len(creds()) == 1 and creds()[0]["rpId"] == "localhost" and page.get_by_label("Password").count() == 1, page.url)
@@ -105,7 +105,7 @@ def passkeys(browser, public, slug, who):
     ceremony(page, "Create a passkey")
     body = page.inner_text("body")
     check("the account page adds a second passkey", len(creds()) == 1 and "Passkey 2" in body, body[:300])
-    page.screenshot(path=os.path.join(SHOTS, "account-passkeys.png"), full_page=True)
+    page.screenshot(path=os.path.join(SHOTS, "passkey-02-account.png"), full_page=True)
     with page.expect_navigation():
         page.get_by_role("button", name="Remove Work laptop").click()
     body = page.inner_text("body")

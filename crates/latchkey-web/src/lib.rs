@@ -1,13 +1,15 @@
 //! Latchkey's hosted pages (DESIGN.md 5.7): server-rendered screens under `/ui/{tenant}/…`
 //! that carry out the sign-in (password, method choice, authenticator enrollment with QR code
 //! and setup key, email code with Resend and its countdown, recovery codes, Need recovery,
-//! grace skip, remember this device), the account page, and for admins the two-factor
+//! grace skip, remember this device, passkeys and passwordless passkey sign-in), the account
+//! page (passkeys added, renamed, removed; step-up with a passkey), and for admins the two-factor
 //! settings, agent management with the **Requested** tab, and the audit log; plus the
 //! hand-off to a dashboard (`return_to`, PKCE S256, `POST /api/v1/auth/exchange` in the API).
 //!
 //! Handlers call the tenant use-cases directly ([`latchkey_tenant::Service`]), so every limit,
 //! block and audit event is the API's. Templates are askama (compile-time checked,
-//! auto-escaped); the stylesheet and the one small script are compiled into the binary.
+//! auto-escaped); the stylesheet and two small scripts (the Resend countdown; the WebAuthn
+//! ceremonies, which post the browser's credential in a form) are compiled into the binary.
 //!
 //! Security: the session is a cookie (`HttpOnly`, `SameSite=Strict`, path `/ui`, `Secure`
 //! when the public URL is https); every form carries a CSRF token bound to the session (or,
