@@ -287,7 +287,9 @@ fn options_of(page: &Page) -> serde_json::Value {
 
 async fn password_step(b: &mut Browser, t: &str, who: &str) {
     let csrf = b.get(&format!("/ui/{t}/sign-in")).await.csrf();
-    let r = b.post(&format!("/ui/{t}/sign-in"), &[("csrf_token", &csrf), ("email", who), ("password", PASSWORD)], None).await;
+    let r = b
+        .post(&format!("/ui/{t}/sign-in"), &[("csrf_token", &csrf), ("email", who), ("password", PASSWORD)], None)
+        .await;
     assert_eq!((r.status, r.location()), (303, format!("/ui/{t}/two-factor")), "{}", r.body);
 }
 
@@ -335,7 +337,11 @@ async fn a_passkey_enrolls_and_signs_in_through_the_pages_and_bad_answers_are_pa
     assert_eq!(too_long.status, 400);
     assert!(too_long.body.contains("too long"));
     let mut auth = SoftAuthenticator::new(ORIGIN);
-    let forged = auth.create_forged(&options_of(&garbage), &Forge { origin: Some("https://evil.example".into()), ..Forge::default() }, false);
+    let forged = auth.create_forged(
+        &options_of(&garbage),
+        &Forge { origin: Some("https://evil.example".into()), ..Forge::default() },
+        false,
+    );
     let refused = b.post(&path, &[("csrf_token", &csrf), ("credential", &forged.to_string())], None).await;
     assert_eq!(refused.status, 400);
     assert!(refused.body.contains("could not be registered"), "{}", refused.body);
@@ -343,7 +349,8 @@ async fn a_passkey_enrolls_and_signs_in_through_the_pages_and_bad_answers_are_pa
     assert_eq!(no_token.status, 403);
 
     let cred = auth.create(&options_of(&refused));
-    let done = b.post(&path, &[("csrf_token", &csrf), ("credential", &cred.to_string()), ("name", "Desk key")], None).await;
+    let done =
+        b.post(&path, &[("csrf_token", &csrf), ("credential", &cred.to_string()), ("name", "Desk key")], None).await;
     assert_eq!((done.status, done.location()), (303, format!("/ui/{t}/sign-in?done=enrolled")), "{}", done.body);
 
     // Sign in with it: a refused assertion counts as a wrong code and shows on the page.
@@ -353,12 +360,20 @@ async fn a_passkey_enrolls_and_signs_in_through_the_pages_and_bad_answers_are_pa
     assert!(page.body.contains("Sign in with a passkey"));
     let verify = format!("/ui/{t}/two-factor/verify");
     let csrf = page.csrf();
-    let forged = auth.get_forged(&options_of(&page), &Forge { origin: Some("https://evil.example".into()), ..Forge::default() }, None);
+    let forged = auth.get_forged(
+        &options_of(&page),
+        &Forge { origin: Some("https://evil.example".into()), ..Forge::default() },
+        None,
+    );
     let wrong = b
         .post(&verify, &[("csrf_token", &csrf), ("method", "webauthn"), ("credential", &forged.to_string())], None)
         .await;
     assert_eq!(wrong.status, 401);
-    assert!(wrong.body.contains("That passkey was not accepted") && wrong.body.contains("attempts left"), "{}", wrong.body);
+    assert!(
+        wrong.body.contains("That passkey was not accepted") && wrong.body.contains("attempts left"),
+        "{}",
+        wrong.body
+    );
     let assertion = auth.get(&options_of(&wrong));
     let ok = b
         .post(&verify, &[("csrf_token", &csrf), ("method", "webauthn"), ("credential", &assertion.to_string())], None)

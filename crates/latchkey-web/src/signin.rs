@@ -468,7 +468,8 @@ pub async fn verify_code(st: St, req: HttpRequest, slug: Slug, body: web::Bytes)
         "webauthn" => match common::credential::<PublicKeyCredential>(&form) {
             Some(credential) => st.service.verify_webauthn(&ctx, &ch.token, credential, remember).await,
             None => {
-                let text = Some("No passkey answer came with the form. Press the button to use your passkey.".to_owned());
+                let text =
+                    Some("No passkey answer came with the form. Press the button to use your passkey.".to_owned());
                 return webauthn_page(&st, &req, &tenant, &ch, text, StatusCode::BAD_REQUEST).await;
             }
         },
@@ -765,7 +766,9 @@ async fn passkey_form(
     let page = WebauthnPage {
         c,
         csrf: common::csrf(st, &pre),
-        intro: "Sign in without a password: choose your passkey for this organisation and confirm with your screen lock.".into(),
+        intro:
+            "Sign in without a password: choose your passkey for this organisation and confirm with your screen lock."
+                .into(),
         action: format!("/ui/{}/passkey", tenant.slug),
         mode: "get".into(),
         options: start.options.to_string(),
