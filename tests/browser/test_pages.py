@@ -1,7 +1,9 @@
 """Browser tests of the hosted pages (DESIGN.md 5.7): Chromium (Debian package) driven by
 Playwright. Starts the release or debug binary on a scratch data directory, builds a tenant
 through the API, then acts only in the browser: sign-in, the authenticator enrollment with its
-QR code, the code page, the account page, CSRF refusal, the headers, JavaScript off, 360 px.
+QR code, the code page, the account page, passkeys (Chromium's CDP virtual authenticator:
+enrollment at sign-in, sign-in with it, rename, add, remove, passwordless sign-in), CSRF refusal,
+the headers, JavaScript off, 360 px.
 Screenshots go to docs/screens/ (UPDATE_SCREENS=1) or a temp dir.
 
     python3 tests/browser/test_pages.py [path/to/latchkey]
@@ -44,6 +46,84 @@ def api(base, method, path, body=None, token=None):
         return e.code, json.loads(e.read() or b"null")
 
 
+def sign_in(page, public, slug, who):
+    page.goto(f"{public}/ui/{slug}/sign-in")
+    page.get_by_label("Email").fill(who)
+    page.get_by_label("Password").fill(PASSWORD)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign in", exact=True).click()
+
+
+def ceremony(page, button):
+    """Clicks the button that runs a WebAuthn ceremony; the script then submits its form."""
+    with page.expect_navigation(timeout=15000):
+        page.get_by_role("button", name=button).click()
+    page.wait_for_load_state()
+
+
+def passkeys(browser, public, slug, who):
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    cdp = ctx.new_cdp_session(page)
+    cdp.send("WebAuthn.enable")
+    auth = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True, "hasUserVerification": True,
+        "isUserVerified": True, "automaticPresenceSimulation": True}})["authenticatorId"]
+    creds = lambda: cdp.send("WebAuthn.getCredentials", {"authenticatorId": auth})["credentials"]
+    sign_in(page, public, slug, who)
+    page.get_by_role("link", name="Passkey or security key").click()
+    page.wait_for_load_state()
+    check("the passkey page loads its script from the binary",
+          page.locator("script[src='/ui/assets/webauthn.js']").count() == 1, page.url)
+    page.screenshot(path=os.path.join(SHOTS, "passkey-01-enroll.png"), full_page=True)
+    ceremony(page, "Create a passkey")
+    check("a passkey enrolled at sign-in is on the authenticator, then the sign-in form comes back",
+          len(creds()) == 1 and creds()[0]["rpId"] == "localhost" and page.get_by_label("Password").count() == 1, page.url)
+    page.get_by_label("Email").fill(who)
+    page.get_by_label("Password").fill(PASSWORD)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign in", exact=True).click()
+    if page.get_by_role("button", name="Sign in with a passkey").count() == 0:
+        page.get_by_role("link", name="Passkey").click()
+        page.wait_for_load_state()
+    ceremony(page, "Sign in with a passkey")
+    body = page.inner_text("body")
+    check("the passkey signs in to the account page, which lists Passkey 1",
+          page.url.endswith("/account") and "Passkey 1" in body, page.url)
+    page.get_by_label("New name for Passkey 1").fill("Work laptop")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Rename Passkey 1").click()
+    check("the account page renames the passkey", "Work laptop" in page.inner_text("body"), page.inner_text("body")[:300])
+    # A second passkey on another authenticator (the first one holds this account already and
+    # would refuse, as excludeCredentials asks).
+    cdp.send("WebAuthn.removeVirtualAuthenticator", {"authenticatorId": auth})
+    auth = cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+        "protocol": "ctap2", "transport": "usb", "hasResidentKey": True, "hasUserVerification": True,
+        "isUserVerified": True, "automaticPresenceSimulation": True}})["authenticatorId"]
+    with page.expect_navigation():
+        page.get_by_role("button", name="Add a passkey").click()
+    ceremony(page, "Create a passkey")
+    body = page.inner_text("body")
+    check("the account page adds a second passkey", len(creds()) == 1 and "Passkey 2" in body, body[:300])
+    page.screenshot(path=os.path.join(SHOTS, "passkey-02-account.png"), full_page=True)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Remove Work laptop").click()
+    body = page.inner_text("body")
+    check("the account page removes a passkey", "Work laptop" not in body and "Passkey 2" in body, body[:300])
+    bad = page.request.post(f"{public}/ui/{slug}/account/passkeys/rename", max_redirects=0,
+                            form={"csrf_token": page.locator("input[name=csrf_token]").first.get_attribute("value"),
+                                  "id": "nope", "name": "x"})
+    check("renaming an unknown passkey is a 404 page, not a change", bad.status == 404 and "html" in bad.headers.get("content-type", ""),
+          bad.status)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("link", name="Sign in with a passkey").click()
+    page.wait_for_load_state()
+    ceremony(page, "Sign in with a passkey")
+    check("passwordless: the passkey alone signs in", page.url.endswith("/account") and who in page.inner_text("body"), page.url)
+    ctx.close()
+
+
 def main():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
     data = tempfile.mkdtemp()
@@ -65,6 +145,14 @@ def main():
         tok = r["authentication_token"]
         agent = f"agent@{slug}.test"
         api(base, "POST", "/api/v1/agents", {"email": agent, "name": "Agnes", "role": "agent", "password": PASSWORD}, tok)
+        pat = f"pat@{slug}.test"
+        api(base, "POST", "/api/v1/agents", {"email": pat, "name": "Pat", "role": "agent", "password": PASSWORD}, tok)
+        st, _ = api(base, "PUT", "/api/v1/settings/two-factor/methods", {"agent": ["authenticator", "email", "webauthn"]}, tok)
+        check("the API allows passkeys for agents (setup)", st == 200, st)
+        st, _ = api(base, "PUT", "/api/v1/settings/two-factor/webauthn", {"rp_id": "localhost", "origins": [public]}, tok)
+        check("the API sets the relying party localhost (setup)", st in (200, 204), st)
+        st, _ = api(base, "PATCH", "/api/v1/settings/two-factor", {"passkey_sign_in": True}, tok)
+        check("the API turns passwordless passkey sign-in on (setup)", st == 200, st)
         _, en = api(base, "POST", "/api/v1/settings/two-factor/enable", {"password": PASSWORD, "method": "authenticator"}, tok)
         api(base, "POST", "/api/v1/settings/two-factor/enable/confirm", {"setup_token": en["setup_token"], "code": totp(en["secret"])}, tok)
 
@@ -113,6 +201,8 @@ def main():
             r = page.request.post(f"{public}/ui/{slug}/sign-out", form={"csrf_token": token}, headers={"Origin": "http://evil.example"},
                                   max_redirects=0)
             check("a POST from another origin is refused with 403", r.status == 403, r.status)
+
+            passkeys(browser, public, slug, pat)
 
             nojs = browser.new_context(java_script_enabled=False, viewport={"width": 360, "height": 740}).new_page()
             nojs.goto(f"{public}/ui/{slug}/sign-in")

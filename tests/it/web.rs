@@ -269,3 +269,133 @@ async fn the_hand_off_sends_a_single_use_pkce_code_to_an_allowed_return_url() {
         assert_eq!(missing.status, 400);
     }
 }
+
+/// The JSON of the page's `data-options` attribute (askama escapes it).
+fn options_of(page: &Page) -> serde_json::Value {
+    let at = page.body.find("data-options=\"").expect("a WebAuthn form") + 14;
+    let raw = &page.body[at..at + page.body[at..].find('"').unwrap()];
+    let text = raw
+        .replace("&#34;", "\"")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&#38;", "&")
+        .replace("&amp;", "&");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("options JSON: {e}: {text}"))
+}
+
+async fn password_step(b: &mut Browser, t: &str, who: &str) {
+    let csrf = b.get(&format!("/ui/{t}/sign-in")).await.csrf();
+    let r = b
+        .post(&format!("/ui/{t}/sign-in"), &[("csrf_token", &csrf), ("email", who), ("password", PASSWORD)], None)
+        .await;
+    assert_eq!((r.status, r.location()), (303, format!("/ui/{t}/two-factor")), "{}", r.body);
+}
+
+#[actix_rt::test]
+async fn a_passkey_enrolls_and_signs_in_through_the_pages_and_bad_answers_are_pages() {
+    use crate::softauthn::{Forge, SoftAuthenticator};
+    const ORIGIN: &str = "http://localhost:8080";
+    let app = TestApp::spawn(Db::Sqlite, |c| {
+        c.webauthn_rp_id = Some("localhost".into());
+        c.webauthn_origins = vec![ORIGIN.into()];
+    })
+    .await;
+    let t = slug("uiwa");
+    app.tenant(&t).await;
+    let admin_token = app.token(&t, &admin(&t)).await;
+    let agent = format!("agent@{t}.test");
+    app.user(&admin_token, &agent, "agent").await;
+    let methods = json!({"agent": ["authenticator", "email", "webauthn"]});
+    let r = app.call("PUT", "/api/v1/settings/two-factor/methods", Some(methods), Some(&admin_token)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    app.enable_authenticator(&admin_token).await;
+
+    let mut b = Browser::new(&app);
+    password_step(&mut b, &t, &agent).await;
+    let choice = b.get(&format!("/ui/{t}/two-factor")).await;
+    assert!(choice.body.contains(&format!("/ui/{t}/two-factor?method=webauthn")), "{}", choice.body);
+    let page = b.get(&format!("/ui/{t}/two-factor?method=webauthn")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<script src=\"/ui/assets/webauthn.js\" defer></script>"));
+    assert_eq!(options_of(&page)["publicKey"]["rp"]["id"], "localhost");
+    let script = b.get("/ui/assets/webauthn.js").await;
+    assert_eq!(script.status, 200);
+    assert!(script.body.contains("navigator.credentials.create"));
+
+    // No credential, or not one: a page with a message and a new ceremony; nothing enrolled.
+    let path = format!("/ui/{t}/enroll/webauthn");
+    let csrf = page.csrf();
+    let missing = b.post(&path, &[("csrf_token", &csrf)], None).await;
+    assert_eq!(missing.status, 400);
+    assert!(missing.body.contains("No passkey came with the form"));
+    let garbage = b.post(&path, &[("csrf_token", &csrf), ("credential", "{\"id\": 1}")], None).await;
+    assert_eq!(garbage.status, 400);
+    let huge = "x".repeat(20_000);
+    let too_long = b.post(&path, &[("csrf_token", &csrf), ("credential", &huge)], None).await;
+    assert_eq!(too_long.status, 400);
+    assert!(too_long.body.contains("too long"));
+    let mut auth = SoftAuthenticator::new(ORIGIN);
+    let forged = auth.create_forged(
+        &options_of(&garbage),
+        &Forge { origin: Some("https://evil.example".into()), ..Forge::default() },
+        false,
+    );
+    let refused = b.post(&path, &[("csrf_token", &csrf), ("credential", &forged.to_string())], None).await;
+    assert_eq!(refused.status, 400);
+    assert!(refused.body.contains("could not be registered"), "{}", refused.body);
+    let no_token = b.post(&path, &[("credential", "{}")], None).await;
+    assert_eq!(no_token.status, 403);
+
+    let cred = auth.create(&options_of(&refused));
+    let done =
+        b.post(&path, &[("csrf_token", &csrf), ("credential", &cred.to_string()), ("name", "Desk key")], None).await;
+    assert_eq!((done.status, done.location()), (303, format!("/ui/{t}/sign-in?done=enrolled")), "{}", done.body);
+
+    // Sign in with it: a refused assertion counts as a wrong code and shows on the page.
+    password_step(&mut b, &t, &agent).await;
+    let page = b.get(&format!("/ui/{t}/two-factor?method=webauthn")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Sign in with a passkey"));
+    let verify = format!("/ui/{t}/two-factor/verify");
+    let csrf = page.csrf();
+    let forged = auth.get_forged(
+        &options_of(&page),
+        &Forge { origin: Some("https://evil.example".into()), ..Forge::default() },
+        None,
+    );
+    let wrong = b
+        .post(&verify, &[("csrf_token", &csrf), ("method", "webauthn"), ("credential", &forged.to_string())], None)
+        .await;
+    assert_eq!(wrong.status, 401);
+    assert!(
+        wrong.body.contains("That passkey was not accepted") && wrong.body.contains("attempts left"),
+        "{}",
+        wrong.body
+    );
+    let assertion = auth.get(&options_of(&wrong));
+    let ok = b
+        .post(&verify, &[("csrf_token", &csrf), ("method", "webauthn"), ("credential", &assertion.to_string())], None)
+        .await;
+    assert_eq!((ok.status, ok.location()), (303, format!("/ui/{t}/account")), "{}", ok.body);
+    let account = b.get(&format!("/ui/{t}/account")).await;
+    assert!(account.body.contains("Desk key") && account.body.contains("Rename Desk key"), "{}", account.body);
+
+    // Rename: an empty name is a 400 page; a good one renames.
+    let csrf = account.csrf();
+    let id = {
+        let at = account.body.find("name=\"id\" value=\"").unwrap() + 17;
+        account.body[at..at + account.body[at..].find('"').unwrap()].to_owned()
+    };
+    let rename = format!("/ui/{t}/account/passkeys/rename");
+    let empty = b.post(&rename, &[("csrf_token", &csrf), ("id", &id), ("name", " ")], None).await;
+    assert_eq!(empty.status, 400);
+    let renamed = b.post(&rename, &[("csrf_token", &csrf), ("id", &id), ("name", "Blue key")], None).await;
+    assert_eq!(renamed.status, 303);
+    assert!(b.get(&format!("/ui/{t}/account")).await.body.contains("Blue key"));
+    // Its last method: removing it is refused with a message.
+    let last = b.post(&format!("/ui/{t}/account/passkeys/remove"), &[("csrf_token", &csrf), ("id", &id)], None).await;
+    assert_eq!(last.status, 409);
+    assert!(last.body.contains("last method"), "{}", last.body);
+}

@@ -5,10 +5,12 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use latchkey_core::{Method, TrustedDeviceId};
 use latchkey_tenant::Error;
+use latchkey_tenant::webauthn_json::{PublicKeyCredential, RegisterPublicKeyCredential};
+use serde::{Deserialize, Serialize};
 
 use crate::WebState;
 use crate::common::{self, ONCE, Signed, clear_cookie, describe, render, render_with, see_other, set_cookie};
-use crate::pages::{AccountPage, CodesPage, StepUpPage, TotpPage};
+use crate::pages::{AccountPage, CodesPage, StepUpPage, TotpPage, WebauthnPage};
 use crate::signin::{SealedSetup, query};
 
 type St = web::Data<WebState>;
@@ -23,6 +25,9 @@ fn done_text(done: &str) -> Option<String> {
             "authenticator" => "Your authenticator app is set up.",
             "step_up" => "Confirmed. You can change your methods for a few minutes.",
             "sent" => "We emailed you a code.",
+            "passkey" => "Your passkey was added.",
+            "renamed" => "The passkey was renamed.",
+            "passkey_removed" => "The passkey was removed.",
             _ => return None,
         }
         .to_owned(),
@@ -57,6 +62,15 @@ async fn account(
         Some(rc) => format!("{} unused recovery codes (generated {}).", rc.remaining, common::when(rc.created_at)),
         None => "You have no recovery codes.".into(),
     };
+    let passkeys = overview
+        .webauthn
+        .iter()
+        .map(|p| {
+            let used = p.last_used_at.map(|t| format!(", last used {}", common::when(t))).unwrap_or_default();
+            let kind = if p.backup_eligible { "synced passkey" } else { "device-bound" };
+            (p.credential_id.clone(), p.name.clone(), format!("{kind}, added {}{used}", common::when(p.created_at)))
+        })
+        .collect();
     let devices = overview
         .trusted_devices
         .iter()
@@ -77,6 +91,8 @@ async fn account(
         can_generate_codes: !overview.enrolled.is_empty()
             && s.auth.tenant.settings.recovery_codes.get(s.auth.user.role),
         devices,
+        passkeys,
+        can_add_passkey: allowed.contains(Method::Webauthn),
     };
     render(status, &page)
 }
@@ -286,6 +302,7 @@ fn step_up_form(
 ) -> HttpResponse {
     let methods = enrolled
         .iter()
+        .filter(|m| matches!(m, Method::Email | Method::Authenticator))
         .map(|m| {
             let label = if *m == Method::Email { "Email code" } else { "Authenticator app" };
             (m.as_str().to_owned(), label.to_owned())
@@ -294,6 +311,7 @@ fn step_up_form(
     let page = StepUpPage {
         c: s.chrome(st, "Confirm it's you").notice(notice).error(error),
         has_email: enrolled.contains(&Method::Email),
+        has_passkey: enrolled.contains(&Method::Webauthn),
         methods,
     };
     render(status, &page)
@@ -344,6 +362,205 @@ pub async fn step_up(st: St, req: HttpRequest, slug: Slug, body: web::Bytes) -> 
         Err(e) => {
             let (status, text) = describe(&e);
             step_up_form(&st, &s, &enrolled, None, Some(text), status)
+        }
+    }
+}
+
+/// A passkey being added: the setup token and the creation options, sealed in a cookie
+/// between `POST /account/passkeys` and its page.
+#[derive(Serialize, Deserialize)]
+struct PasskeySetup {
+    token: String,
+    options: serde_json::Value,
+}
+
+fn passkey_aad(s: &Signed) -> String {
+    format!("ui-account-passkey:{}", s.token)
+}
+
+fn passkey_form(
+    st: &WebState,
+    s: &Signed,
+    setup: &PasskeySetup,
+    error: Option<String>,
+    status: StatusCode,
+) -> HttpResponse {
+    let mut c = s.chrome(st, "Add a passkey").error(error);
+    c.webauthn = true;
+    let page = WebauthnPage {
+        c,
+        csrf: common::csrf(st, &s.token),
+        intro: "Press the button and follow your browser to create a passkey on this device or a security key.".into(),
+        action: format!("/ui/{}/account/passkeys/finish", s.tenant.slug),
+        mode: "create".into(),
+        options: setup.options.to_string(),
+        method: String::new(),
+        ask_name: true,
+        remember_days: 0,
+        button: "Create a passkey".into(),
+        others: vec![(format!("/ui/{}/account", s.tenant.slug), "Back to the account".into())],
+        can_recover: false,
+    };
+    render(status, &page)
+}
+
+/// `POST /ui/{tenant}/account/passkeys`: starts adding a passkey (step-up while a method is
+/// enrolled; at most `LATCHKEY_WEBAUTHN_MAX_CREDENTIALS`).
+pub async fn add_passkey(st: St, req: HttpRequest, slug: Slug, body: web::Bytes) -> HttpResponse {
+    let (s, _) = match common::signed_post(&st, &req, &slug, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match st.service.add_passkey_start(&s.ctx, &s.auth).await {
+        Ok(added) => {
+            let setup = PasskeySetup { token: added.setup_token.expose().to_owned(), options: added.setup };
+            let sealed = st.service.seal_page_value(&serde_json::to_vec(&setup).unwrap_or_default(), &passkey_aad(&s));
+            let mut b = see_other(&format!("/ui/{}/account/passkeys/new", s.tenant.slug));
+            b.append_header(set_cookie(&st, ONCE, &sealed, Some(600)));
+            b.finish()
+        }
+        Err(e) => refused(&st, &s, &e).await,
+    }
+}
+
+fn open_passkey_setup(st: &WebState, req: &HttpRequest, s: &Signed) -> Option<PasskeySetup> {
+    let raw = st.service.open_page_value(&common::cookie(req, ONCE)?, &passkey_aad(s))?;
+    serde_json::from_slice(&raw).ok()
+}
+
+/// `GET /ui/{tenant}/account/passkeys/new`: the ceremony page of the passkey being added.
+pub async fn passkey_page(st: St, req: HttpRequest, slug: Slug) -> HttpResponse {
+    let s = match common::signed(&st, &req, &slug).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match open_passkey_setup(&st, &req, &s) {
+        Some(setup) => passkey_form(&st, &s, &setup, None, StatusCode::OK),
+        None => back(&s, "none"),
+    }
+}
+
+/// `POST /ui/{tenant}/account/passkeys/finish` (credential, name): adds the passkey.
+pub async fn finish_passkey(st: St, req: HttpRequest, slug: Slug, body: web::Bytes) -> HttpResponse {
+    let (s, form) = match common::signed_post(&st, &req, &slug, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Some(setup) = open_passkey_setup(&st, &req, &s) else { return back(&s, "none") };
+    let Some(credential) = common::credential::<RegisterPublicKeyCredential>(&form) else {
+        let text = Some("No passkey came with the form. Press the button to create one.".to_owned());
+        return passkey_form(&st, &s, &setup, text, StatusCode::BAD_REQUEST);
+    };
+    let name = Some(form.str("name").trim()).filter(|n| !n.is_empty());
+    match st.service.add_passkey_finish(&s.ctx, &s.auth, &setup.token, credential, name).await {
+        Ok(_) => {
+            let mut b = see_other(&format!("/ui/{}/account?done=passkey", s.tenant.slug));
+            b.append_header(clear_cookie(&st, ONCE));
+            b.finish()
+        }
+        Err(e @ (Error::InvalidSetupToken | Error::InvalidCredential(_))) => {
+            // The setup is used up: start again from the account page.
+            let mut res = refused(&st, &s, &e).await;
+            if let Ok(v) = clear_cookie(&st, ONCE).1.parse() {
+                res.headers_mut().append(actix_web::http::header::SET_COOKIE, v);
+            }
+            res
+        }
+        Err(e) => {
+            let (status, text) = describe(&e);
+            passkey_form(&st, &s, &setup, Some(text), status)
+        }
+    }
+}
+
+/// `POST /ui/{tenant}/account/passkeys/rename` (id, name): renames one of the user's passkeys
+/// (step-up).
+pub async fn rename_passkey(st: St, req: HttpRequest, slug: Slug, body: web::Bytes) -> HttpResponse {
+    let (s, form) = match common::signed_post(&st, &req, &slug, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let (id, name) = (form.str("id"), form.str("name").trim());
+    if id.is_empty() || name.is_empty() {
+        return account(&st, &s, None, Some("Enter the passkey's new name.".into()), StatusCode::BAD_REQUEST).await;
+    }
+    match st.service.rename_passkey(&s.ctx, &s.auth, id, name).await {
+        Ok(_) => back(&s, "renamed"),
+        Err(e) => refused(&st, &s, &e).await,
+    }
+}
+
+/// `POST /ui/{tenant}/account/passkeys/remove` (id): removes one of the user's passkeys
+/// (step-up; `last_method` refused).
+pub async fn remove_passkey(st: St, req: HttpRequest, slug: Slug, body: web::Bytes) -> HttpResponse {
+    let (s, form) = match common::signed_post(&st, &req, &slug, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let id = form.str("id");
+    if id.is_empty() {
+        return account(&st, &s, None, Some("Unknown passkey.".into()), StatusCode::BAD_REQUEST).await;
+    }
+    match st.service.remove_passkey(&s.ctx, &s.auth, id).await {
+        Ok(()) => back(&s, "passkey_removed"),
+        Err(e) => refused(&st, &s, &e).await,
+    }
+}
+
+async fn step_up_passkey_form(st: &WebState, s: &Signed, error: Option<String>, status: StatusCode) -> HttpResponse {
+    let options = match st.service.step_up_webauthn_start(&s.ctx, &s.auth).await {
+        Ok(o) => o,
+        Err(e) => {
+            let enrolled = st.service.me(&s.auth).await.map(|u| u.enrolled).unwrap_or_default();
+            let (status, text) = describe(&e);
+            return step_up_form(st, s, &enrolled, None, Some(text), status);
+        }
+    };
+    let mut c = s.chrome(st, "Confirm it's you with a passkey").error(error);
+    c.webauthn = true;
+    let page = WebauthnPage {
+        c,
+        csrf: common::csrf(st, &s.token),
+        intro: "Press the button and confirm with your passkey or security key.".into(),
+        action: format!("/ui/{}/account/step-up/passkey", s.tenant.slug),
+        mode: "get".into(),
+        options: options.to_string(),
+        method: String::new(),
+        ask_name: false,
+        remember_days: 0,
+        button: "Confirm with a passkey".into(),
+        others: vec![(format!("/ui/{}/account/step-up", s.tenant.slug), "Confirm with a code instead".into())],
+        can_recover: false,
+    };
+    render(status, &page)
+}
+
+/// `GET /ui/{tenant}/account/step-up/passkey`: a step-up with a passkey (a new ceremony).
+pub async fn step_up_passkey_page(st: St, req: HttpRequest, slug: Slug) -> HttpResponse {
+    let s = match common::signed(&st, &req, &slug).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    step_up_passkey_form(&st, &s, None, StatusCode::OK).await
+}
+
+/// `POST /ui/{tenant}/account/step-up/passkey` (credential): refreshes the session's second
+/// factor with a passkey (a refused assertion counts as a wrong code).
+pub async fn step_up_passkey(st: St, req: HttpRequest, slug: Slug, body: web::Bytes) -> HttpResponse {
+    let (s, form) = match common::signed_post(&st, &req, &slug, &body).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Some(credential) = common::credential::<PublicKeyCredential>(&form) else {
+        let text = Some("No passkey answer came with the form. Press the button to use your passkey.".to_owned());
+        return step_up_passkey_form(&st, &s, text, StatusCode::BAD_REQUEST).await;
+    };
+    match st.service.step_up_webauthn(&s.ctx, &s.auth, credential).await {
+        Ok(_) => back(&s, "step_up"),
+        Err(e) => {
+            let (status, text) = describe(&e);
+            let text = text.replace("That code is not valid.", "That passkey was not accepted.");
+            step_up_passkey_form(&st, &s, Some(text), status).await
         }
     }
 }

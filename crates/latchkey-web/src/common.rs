@@ -31,6 +31,8 @@ pub const DEVICE: &str = "lk_device";
 pub const CSRF_FIELD: &str = "csrf_token";
 /// The longest value a form field may have.
 pub const MAX_FIELD: usize = 4096;
+/// The longest `credential` field (a WebAuthn credential as JSON, DESIGN.md 5.1).
+pub const MAX_CREDENTIAL: usize = 16 * 1024;
 
 /// The request context: the instant (read once), client IP and user agent.
 pub fn ctx(st: &WebState, req: &HttpRequest) -> RequestCtx {
@@ -164,7 +166,8 @@ impl Form {
     pub fn parse(body: &web::Bytes) -> Result<Self, &'static str> {
         let fields: Vec<(String, String)> =
             serde_urlencoded::from_bytes(body).map_err(|_| "The form could not be read.")?;
-        if fields.iter().any(|(k, v)| k.len() > 64 || v.len() > MAX_FIELD) {
+        let too_long = |k: &str, v: &str| v.len() > if k == "credential" { MAX_CREDENTIAL } else { MAX_FIELD };
+        if fields.iter().any(|(k, v)| k.len() > 64 || too_long(k, v)) {
             return Err("A field of the form is too long.");
         }
         Ok(Self(fields))
@@ -214,6 +217,13 @@ pub fn accept_post(
         );
     }
     Ok(form)
+}
+
+/// The browser's WebAuthn answer in the form's `credential` field (JSON), or `None` when it
+/// is missing or not a `PublicKeyCredential` of the expected kind.
+pub fn credential<T: serde::de::DeserializeOwned>(form: &Form) -> Option<T> {
+    let raw = form.get("credential").filter(|v| !v.trim().is_empty())?;
+    serde_json::from_str(raw).ok()
 }
 
 /// The pre-sign-in binding of a browser: its cookie, or a new one to set.

@@ -1,13 +1,15 @@
 //! Latchkey's hosted pages (DESIGN.md 5.7): server-rendered screens under `/ui/{tenant}/…`
 //! that carry out the sign-in (password, method choice, authenticator enrollment with QR code
 //! and setup key, email code with Resend and its countdown, recovery codes, Need recovery,
-//! grace skip, remember this device), the account page, and for admins the two-factor
+//! grace skip, remember this device, passkeys and passwordless passkey sign-in), the account
+//! page (passkeys added, renamed, removed; step-up with a passkey), and for admins the two-factor
 //! settings, agent management with the **Requested** tab, and the audit log; plus the
 //! hand-off to a dashboard (`return_to`, PKCE S256, `POST /api/v1/auth/exchange` in the API).
 //!
 //! Handlers call the tenant use-cases directly ([`latchkey_tenant::Service`]), so every limit,
 //! block and audit event is the API's. Templates are askama (compile-time checked,
-//! auto-escaped); the stylesheet and the one small script are compiled into the binary.
+//! auto-escaped); the stylesheet and two small scripts (the Resend countdown; the WebAuthn
+//! ceremonies, which post the browser's credential in a form) are compiled into the binary.
 //!
 //! Security: the session is a cookie (`HttpOnly`, `SameSite=Strict`, path `/ui`, `Secure`
 //! when the public URL is https); every form carries a CSRF token bound to the session (or,
@@ -76,6 +78,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 
 const STYLE: &[u8] = include_bytes!("../assets/style.css");
 const SCRIPT: &[u8] = include_bytes!("../assets/ui.js");
+const WEBAUTHN_SCRIPT: &[u8] = include_bytes!("../assets/webauthn.js");
 
 /// Mounts the pages under `/ui/` into an app (`App::configure`).
 pub fn configure(state: WebState) -> impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static {
@@ -94,6 +97,7 @@ pub fn configure(state: WebState) -> impl Fn(&mut web::ServiceConfig) + Send + S
                 )
                 .route("/assets/style.css", web::get().to(style))
                 .route("/assets/ui.js", web::get().to(script))
+                .route("/assets/webauthn.js", web::get().to(webauthn_script))
                 .route("/{tenant}", web::get().to(signin::root))
                 .route("/{tenant}/", web::get().to(signin::root))
                 .route("/{tenant}/sign-in", web::get().to(signin::sign_in_page))
@@ -106,6 +110,9 @@ pub fn configure(state: WebState) -> impl Fn(&mut web::ServiceConfig) + Send + S
                 .route("/{tenant}/two-factor/skip", web::post().to(signin::skip))
                 .route("/{tenant}/enroll/authenticator", web::get().to(signin::enroll_authenticator_page))
                 .route("/{tenant}/enroll/authenticator", web::post().to(signin::enroll_authenticator_confirm))
+                .route("/{tenant}/enroll/webauthn", web::post().to(signin::enroll_webauthn_finish))
+                .route("/{tenant}/passkey", web::get().to(signin::passkey_page))
+                .route("/{tenant}/passkey", web::post().to(signin::passkey_finish))
                 .route("/{tenant}/continue", web::get().to(signin::continue_page))
                 .route("/{tenant}/sign-out", web::post().to(signin::sign_out))
                 .route("/{tenant}/account", web::get().to(account::page))
@@ -117,6 +124,13 @@ pub fn configure(state: WebState) -> impl Fn(&mut web::ServiceConfig) + Send + S
                 .route("/{tenant}/account/authenticator", web::post().to(account::add_authenticator))
                 .route("/{tenant}/account/authenticator", web::get().to(account::authenticator_page))
                 .route("/{tenant}/account/authenticator/confirm", web::post().to(account::confirm_authenticator))
+                .route("/{tenant}/account/passkeys", web::post().to(account::add_passkey))
+                .route("/{tenant}/account/passkeys/new", web::get().to(account::passkey_page))
+                .route("/{tenant}/account/passkeys/finish", web::post().to(account::finish_passkey))
+                .route("/{tenant}/account/passkeys/rename", web::post().to(account::rename_passkey))
+                .route("/{tenant}/account/passkeys/remove", web::post().to(account::remove_passkey))
+                .route("/{tenant}/account/step-up/passkey", web::get().to(account::step_up_passkey_page))
+                .route("/{tenant}/account/step-up/passkey", web::post().to(account::step_up_passkey))
                 .route("/{tenant}/account/step-up", web::get().to(account::step_up_page))
                 .route("/{tenant}/account/step-up", web::post().to(account::step_up))
                 .route("/{tenant}/account/step-up/send", web::post().to(account::step_up_send))
@@ -143,6 +157,13 @@ async fn style() -> HttpResponse {
         .insert_header(("Content-Type", "text/css; charset=utf-8"))
         .insert_header(("Cache-Control", "public, max-age=3600"))
         .body(STYLE)
+}
+
+async fn webauthn_script() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("Content-Type", "text/javascript; charset=utf-8"))
+        .insert_header(("Cache-Control", "public, max-age=3600"))
+        .body(WEBAUTHN_SCRIPT)
 }
 
 async fn script() -> HttpResponse {

@@ -27,6 +27,8 @@ pub struct Chrome {
     pub refresh: Option<String>,
     /// Whether the page loads the script (the Resend countdown).
     pub script: bool,
+    /// Whether the page loads the WebAuthn script (`/ui/assets/webauthn.js`).
+    pub webauthn: bool,
 }
 
 impl Chrome {
@@ -70,6 +72,8 @@ pub struct SignInPage {
     pub c: Chrome,
     pub csrf: String,
     pub email: String,
+    /// Whether passwordless passkey sign-in is on (a link to it).
+    pub passkey: bool,
 }
 
 /// The method choice of an enrollment.
@@ -97,6 +101,28 @@ pub struct VerifyPage {
     pub resend_wait: i64,
     pub sends_left: Option<u32>,
     pub remember_days: u32,
+    pub others: Vec<(String, String)>,
+    pub can_recover: bool,
+}
+
+/// A WebAuthn ceremony (DESIGN.md 5.1): a form the script completes with the browser's
+/// credential (`mode` `create` for a registration, `get` for an assertion).
+#[derive(Template)]
+#[template(path = "webauthn.html")]
+pub struct WebauthnPage {
+    pub c: Chrome,
+    pub csrf: String,
+    pub intro: String,
+    pub action: String,
+    /// `create` or `get`.
+    pub mode: String,
+    /// The options as JSON (`{"publicKey": {…}}`).
+    pub options: String,
+    /// A hidden `method` field ("" for none).
+    pub method: String,
+    pub ask_name: bool,
+    pub remember_days: u32,
+    pub button: String,
     pub others: Vec<(String, String)>,
     pub can_recover: bool,
 }
@@ -130,6 +156,9 @@ pub struct AccountPage {
     pub can_generate_codes: bool,
     /// (id, description).
     pub devices: Vec<(String, String)>,
+    /// The passkeys: (credential id, name, detail).
+    pub passkeys: Vec<(String, String, String)>,
+    pub can_add_passkey: bool,
 }
 
 /// Recovery codes, shown once.
@@ -147,6 +176,7 @@ pub struct CodesPage {
 pub struct StepUpPage {
     pub c: Chrome,
     pub has_email: bool,
+    pub has_passkey: bool,
     pub methods: Vec<(String, String)>,
 }
 

@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use latchkey_core::{Method, handoff};
 use latchkey_store::model::{NextAction, Tenant};
+use latchkey_tenant::webauthn_json::{PublicKeyCredential, RegisterPublicKeyCredential};
 use latchkey_tenant::{Error, IssuedSession, RecoveryStarted, SignIn, TotpSetup};
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +15,7 @@ use crate::common::{
     self, CHALLENGE, ChallengeState, DEVICE, HANDOFF, Handoff, ONCE, PRE, SESSION, accept_post, clear_cookie, cookie,
     describe, message, pre_binding, q, render, render_with, see_other, set_cookie,
 };
-use crate::pages::{Chrome, EnrollPage, MessagePage, SignInPage, TotpPage, VerifyPage};
+use crate::pages::{Chrome, EnrollPage, MessagePage, SignInPage, TotpPage, VerifyPage, WebauthnPage};
 
 type St = web::Data<WebState>;
 type Slug = web::Path<String>;
@@ -49,13 +50,21 @@ pub async fn root(st: St, req: HttpRequest, slug: Slug) -> HttpResponse {
     see_other(&format!("/ui/{}/{to}", tenant.slug)).finish()
 }
 
-fn sign_in_form(st: &WebState, req: &HttpRequest, chrome: Chrome, status: StatusCode, email: &str) -> HttpResponse {
+fn sign_in_form(
+    st: &WebState,
+    req: &HttpRequest,
+    tenant: &Tenant,
+    chrome: Chrome,
+    status: StatusCode,
+    email: &str,
+) -> HttpResponse {
+    let passkey = tenant.settings.passkey_sign_in;
     let (pre, new) = pre_binding(req);
     let mut b = HttpResponse::build(status);
     if new {
         b.insert_header(set_cookie(st, PRE, &pre, None));
     }
-    render_with(b, &SignInPage { c: chrome, csrf: common::csrf(st, &pre), email: email.to_owned() })
+    render_with(b, &SignInPage { c: chrome, csrf: common::csrf(st, &pre), email: email.to_owned(), passkey })
 }
 
 /// `GET /ui/{tenant}/sign-in[?return_to=&state=&code_challenge=&code_challenge_method=S256]`:
@@ -102,7 +111,7 @@ pub async fn sign_in_page(st: St, req: HttpRequest, slug: Slug) -> HttpResponse 
         Some("expired") => Some("Your sign-in expired. Please sign in again."),
         _ => None,
     };
-    let mut res = sign_in_form(&st, &req, chrome.notice(notice.map(str::to_owned)), StatusCode::OK, "");
+    let mut res = sign_in_form(&st, &req, &tenant, chrome.notice(notice.map(str::to_owned)), StatusCode::OK, "");
     let headers = res.headers_mut();
     if let Some((k, v)) = handoff_cookie {
         if let Ok(v) = v.parse() {
@@ -150,7 +159,7 @@ pub async fn sign_in_submit(st: St, req: HttpRequest, slug: Slug, body: web::Byt
     let password = form.str("password");
     if email.is_empty() || password.is_empty() {
         let c = chrome.error(Some("Enter your email and your password.".into()));
-        return sign_in_form(&st, &req, c, StatusCode::BAD_REQUEST, &email);
+        return sign_in_form(&st, &req, &tenant, c, StatusCode::BAD_REQUEST, &email);
     }
     let ctx = common::ctx(&st, &req);
     let device = cookie(&req, DEVICE);
@@ -174,7 +183,7 @@ pub async fn sign_in_submit(st: St, req: HttpRequest, slug: Slug, body: web::Byt
         }
         Err(e) => {
             let (status, text) = describe(&e);
-            sign_in_form(&st, &req, chrome.error(Some(text)), status, &email)
+            sign_in_form(&st, &req, &tenant, chrome.error(Some(text)), status, &email)
         }
     }
 }
@@ -185,6 +194,86 @@ struct Sent {
     sent: bool,
     resend_at: i64,
     sends_left: Option<u32>,
+}
+
+/// The links to the other methods of a challenge (and to a recovery code) from `method`'s page.
+fn others(tenant: &Tenant, ch: &ChallengeState, method: &str) -> Vec<(String, String)> {
+    if ch.enroll() {
+        return vec![(format!("/ui/{}/two-factor", tenant.slug), "Choose another method".into())];
+    }
+    let mut others: Vec<(String, String)> = ch
+        .methods
+        .iter()
+        .filter(|m| m.as_str() != method)
+        .map(|m| (format!("/ui/{}/two-factor?method={m}", tenant.slug), format!("Use: {}", method_label(m))))
+        .collect();
+    if ch.recovery_code && method != "recovery_code" {
+        others.push((format!("/ui/{}/two-factor?method=recovery_code", tenant.slug), "Use a recovery code".into()));
+    }
+    others
+}
+
+/// The passkey page of a challenge: a registration (`enroll`) or an assertion (`verify`),
+/// with a new ceremony (the previous one of the challenge is replaced).
+async fn webauthn_page(
+    st: &WebState,
+    req: &HttpRequest,
+    tenant: &Tenant,
+    ch: &ChallengeState,
+    error: Option<String>,
+    status: StatusCode,
+) -> HttpResponse {
+    let ctx = common::ctx(st, req);
+    let started = if ch.enroll() {
+        st.service.webauthn_register_start(&ctx, &ch.token).await
+    } else {
+        st.service.webauthn_authenticate_start(&ctx, &ch.token).await
+    };
+    let options = match started {
+        Ok(o) => o,
+        Err(Error::InvalidChallenge) => return expired(st, tenant),
+        Err(e) => {
+            let (status, text) = describe(&e);
+            return message(status, Chrome::of(tenant, "Passkey"), "Passkeys are not available", &text);
+        }
+    };
+    let (pre, new) = pre_binding(req);
+    let (title, intro, action, button) = if ch.enroll() {
+        (
+            "Set up a passkey",
+            "A passkey signs you in with this device's screen lock (fingerprint, face or PIN) or with a security key. Press the button and follow your browser.",
+            format!("/ui/{}/enroll/webauthn", tenant.slug),
+            "Create a passkey",
+        )
+    } else {
+        (
+            "Use your passkey",
+            "Press the button and confirm with your passkey or security key.",
+            format!("/ui/{}/two-factor/verify", tenant.slug),
+            "Sign in with a passkey",
+        )
+    };
+    let mut c = Chrome::of(tenant, title).error(error);
+    c.webauthn = true;
+    let page = WebauthnPage {
+        c,
+        csrf: common::csrf(st, &pre),
+        intro: intro.into(),
+        action,
+        mode: if ch.enroll() { "create" } else { "get" }.into(),
+        options: options.to_string(),
+        method: if ch.enroll() { String::new() } else { "webauthn".into() },
+        ask_name: ch.enroll(),
+        remember_days: if ch.enroll() { 0 } else { ch.remember_days },
+        button: button.into(),
+        others: others(tenant, ch, "webauthn"),
+        can_recover: !ch.enroll(),
+    };
+    let mut b = HttpResponse::build(status);
+    if new {
+        b.insert_header(set_cookie(st, PRE, &pre, None));
+    }
+    render_with(b, &page)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -205,17 +294,7 @@ fn code_page(
         "recovery_code" => "Recovery code",
         _ => "Authenticator code",
     };
-    let mut others: Vec<(String, String)> = ch
-        .methods
-        .iter()
-        .filter(|m| m.as_str() != method)
-        .map(|m| (format!("/ui/{}/two-factor?method={m}", tenant.slug), format!("Use: {}", method_label(m))))
-        .collect();
-    if ch.enroll() {
-        others = vec![(format!("/ui/{}/two-factor", tenant.slug), "Choose another method".into())];
-    } else if ch.recovery_code && method != "recovery_code" {
-        others.push((format!("/ui/{}/two-factor?method=recovery_code", tenant.slug), "Use a recovery code".into()));
-    }
+    let others = others(tenant, ch, method);
     let mut c = Chrome::of(tenant, title).error(error);
     c.script = method == "email" && sent.sent;
     let page = VerifyPage {
@@ -266,6 +345,10 @@ pub async fn challenge_page(st: St, req: HttpRequest, slug: Slug) -> HttpRespons
                         "codes from an app on your phone (scan a QR code)",
                     ),
                     "email" => (format!("/ui/{}/two-factor?method=email", tenant.slug), "codes sent to your mailbox"),
+                    "webauthn" => (
+                        format!("/ui/{}/two-factor?method=webauthn", tenant.slug),
+                        "this device's screen lock or a security key (needs JavaScript)",
+                    ),
                     other => (format!("/ui/{}/two-factor?method={other}", tenant.slug), ""),
                 };
                 (href, method_label(m).to_owned(), hint.to_owned())
@@ -291,6 +374,9 @@ pub async fn challenge_page(st: St, req: HttpRequest, slug: Slug) -> HttpRespons
     };
     if ch.enroll() && method == "authenticator" {
         return see_other(&format!("/ui/{}/enroll/authenticator", tenant.slug)).finish();
+    }
+    if method == "webauthn" {
+        return webauthn_page(&st, &req, &tenant, &ch, None, StatusCode::OK).await;
     }
     let sent = Sent {
         sent: param(&qs, "sent").is_some(),
@@ -379,6 +465,14 @@ pub async fn verify_code(st: St, req: HttpRequest, slug: Slug, body: web::Bytes)
             let m = if method == "email" { Method::Email } else { Method::Authenticator };
             st.service.verify(&ctx, &ch.token, m, &code, remember).await
         }
+        "webauthn" => match common::credential::<PublicKeyCredential>(&form) {
+            Some(credential) => st.service.verify_webauthn(&ctx, &ch.token, credential, remember).await,
+            None => {
+                let text =
+                    Some("No passkey answer came with the form. Press the button to use your passkey.".to_owned());
+                return webauthn_page(&st, &req, &tenant, &ch, text, StatusCode::BAD_REQUEST).await;
+            }
+        },
         _ => {
             return message(StatusCode::BAD_REQUEST, Chrome::of(&tenant, "Sign in"), "Invalid form", "Unknown method.");
         }
@@ -386,6 +480,11 @@ pub async fn verify_code(st: St, req: HttpRequest, slug: Slug, body: web::Bytes)
     match result {
         Ok(issued) => finish_sign_in(&st, &req, &tenant, &issued),
         Err(Error::InvalidChallenge) => expired(&st, &tenant),
+        Err(e) if method == "webauthn" => {
+            let (status, text) = describe(&e);
+            let text = text.replace("That code is not valid.", "That passkey was not accepted.");
+            webauthn_page(&st, &req, &tenant, &ch, Some(text), status).await
+        }
         Err(e) => {
             let (status, text) = describe(&e);
             code_page(&st, &req, &tenant, &ch, &method, sent(), Some(text), status)
@@ -594,6 +693,135 @@ pub async fn enroll_authenticator_confirm(st: St, req: HttpRequest, slug: Slug, 
         Err(e) => {
             let (status, text) = describe(&e);
             totp_page(&st, &req, &tenant, &setup, Some(text), status)
+        }
+    }
+}
+
+/// `POST /ui/{tenant}/enroll/webauthn` (credential, name): finishes the passkey registration
+/// of an enrollment; then the user signs in again with it.
+pub async fn enroll_webauthn_finish(st: St, req: HttpRequest, slug: Slug, body: web::Bytes) -> HttpResponse {
+    let tenant = match common::tenant(&st, &slug).await {
+        Ok(t) => t,
+        Err(page) => return page,
+    };
+    let (form, ch) = match challenge_post(&st, &req, &tenant, &body) {
+        Ok(x) => x,
+        Err(page) => return page,
+    };
+    let Some(credential) = common::credential::<RegisterPublicKeyCredential>(&form) else {
+        let text = Some("No passkey came with the form. Press the button to create one.".to_owned());
+        return webauthn_page(&st, &req, &tenant, &ch, text, StatusCode::BAD_REQUEST).await;
+    };
+    let name = Some(form.str("name").trim()).filter(|n| !n.is_empty());
+    let ctx = common::ctx(&st, &req);
+    match st.service.webauthn_register_finish(&ctx, &ch.token, credential, name).await {
+        Ok(()) => {
+            let mut b = see_other(&format!("/ui/{}/sign-in?done=enrolled", tenant.slug));
+            b.append_header(clear_cookie(&st, CHALLENGE));
+            b.finish()
+        }
+        Err(Error::InvalidChallenge) => expired(&st, &tenant),
+        Err(e) => {
+            let (status, text) = describe(&e);
+            webauthn_page(&st, &req, &tenant, &ch, Some(text), status).await
+        }
+    }
+}
+
+/// The sealed cookie of a passwordless ceremony (its `passkey_token`), bound to the browser's
+/// pre-sign-in cookie.
+fn passkey_aad(pre: &str) -> String {
+    format!("ui-passkey:{pre}")
+}
+
+/// `GET /ui/{tenant}/passkey`: passwordless sign-in with a passkey (tenant setting
+/// `passkey_sign_in`, DESIGN.md 5.1): a new ceremony, its token sealed in a cookie.
+pub async fn passkey_page(st: St, req: HttpRequest, slug: Slug) -> HttpResponse {
+    let tenant = match common::tenant(&st, &slug).await {
+        Ok(t) => t,
+        Err(page) => return page,
+    };
+    passkey_form(&st, &req, &tenant, None, StatusCode::OK).await
+}
+
+async fn passkey_form(
+    st: &WebState,
+    req: &HttpRequest,
+    tenant: &Tenant,
+    error: Option<String>,
+    status: StatusCode,
+) -> HttpResponse {
+    if !tenant.settings.passkey_sign_in {
+        return see_other(&format!("/ui/{}/sign-in", tenant.slug)).finish();
+    }
+    let ctx = common::ctx(st, req);
+    let start = match st.service.passkey_start(&ctx, &tenant.slug).await {
+        Ok(s) => s,
+        Err(e) => return common::error_page(Chrome::of(tenant, "Sign in with a passkey"), &e),
+    };
+    let (pre, _) = pre_binding(req);
+    let sealed = st.service.seal_page_value(start.passkey_token.expose().as_bytes(), &passkey_aad(&pre));
+    let mut c = Chrome::of(tenant, "Sign in with a passkey").error(error);
+    c.webauthn = true;
+    let page = WebauthnPage {
+        c,
+        csrf: common::csrf(st, &pre),
+        intro:
+            "Sign in without a password: choose your passkey for this organisation and confirm with your screen lock."
+                .into(),
+        action: format!("/ui/{}/passkey", tenant.slug),
+        mode: "get".into(),
+        options: start.options.to_string(),
+        method: String::new(),
+        ask_name: false,
+        remember_days: 0,
+        button: "Sign in with a passkey".into(),
+        others: vec![(format!("/ui/{}/sign-in", tenant.slug), "Sign in with email and password".into())],
+        can_recover: false,
+    };
+    let mut b = HttpResponse::build(status);
+    b.insert_header(set_cookie(st, PRE, &pre, None));
+    b.append_header(set_cookie(st, ONCE, &sealed, Some(600)));
+    render_with(b, &page)
+}
+
+/// `POST /ui/{tenant}/passkey` (credential): finishes a passwordless sign-in; every refusal
+/// shows the same message.
+pub async fn passkey_finish(st: St, req: HttpRequest, slug: Slug, body: web::Bytes) -> HttpResponse {
+    let tenant = match common::tenant(&st, &slug).await {
+        Ok(t) => t,
+        Err(page) => return page,
+    };
+    let chrome = Chrome::of(&tenant, "Sign in with a passkey");
+    let pre = cookie(&req, PRE);
+    let form = match accept_post(&st, &req, &body, pre.as_deref(), &chrome) {
+        Ok(f) => f,
+        Err(page) => return page,
+    };
+    let token = pre
+        .as_deref()
+        .and_then(|pre| st.service.open_page_value(&cookie(&req, ONCE)?, &passkey_aad(pre)))
+        .and_then(|raw| String::from_utf8(raw.to_vec()).ok());
+    let (Some(token), Some(credential)) = (token, common::credential::<PublicKeyCredential>(&form)) else {
+        let text = Some("No passkey answer came with the form, or the page is old. Try again.".to_owned());
+        return passkey_form(&st, &req, &tenant, text, StatusCode::BAD_REQUEST).await;
+    };
+    let ctx = common::ctx(&st, &req);
+    match st.service.passkey_finish(&ctx, &token, credential).await {
+        Ok(issued) => {
+            let mut res = finish_sign_in(&st, &req, &tenant, &issued);
+            if let Ok(v) = clear_cookie(&st, ONCE).1.parse() {
+                res.headers_mut().append(actix_web::http::header::SET_COOKIE, v);
+            }
+            res
+        }
+        Err(Error::InvalidCredentials) => {
+            let text = Some("That passkey was not accepted for this organisation.".to_owned());
+            passkey_form(&st, &req, &tenant, text, StatusCode::UNAUTHORIZED).await
+        }
+        Err(e) => {
+            let (status, text) = describe(&e);
+            passkey_form(&st, &req, &tenant, Some(text), status).await
         }
     }
 }
