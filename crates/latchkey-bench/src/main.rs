@@ -561,40 +561,58 @@ impl Bench {
         tokio::task::spawn_blocking(move || limits::argon2(PasswordParams::default(), secs)).await?
     }
 
-    fn load_verify_users(&self, conn: &mut diesel::PgConnection, hash: &str, now: i64) -> BenchResult<VerifyUsers> {
-        if !self.opts.runs("verify") {
-            return Ok(VerifyUsers::default());
-        }
+    /// `n` agents with an enrolled authenticator (secrets sealed as the service seals them,
+    /// under `totp:{user_id}`) over `--verify-tenants` tenants `bench-{phase}-{k}` with 2FA on,
+    /// bulk-inserted: per user, his id, his tenant's id, sign-in body and TOTP secret.
+    fn load_authenticator_users(
+        &self,
+        conn: &mut diesel::PgConnection,
+        phase: &str,
+        n: usize,
+        hash: &str,
+        now: i64,
+    ) -> BenchResult<Vec<(String, String, String, TotpSecret)>> {
         let tenants: Vec<TenantRow> = (0..self.opts.verify_tenants)
             .map(|k| TenantRow {
                 id: uuid::Uuid::now_v7().to_string(),
-                slug: format!("bench-verify-{k}"),
+                slug: format!("bench-{phase}-{k}"),
                 two_factor: true,
                 methods: 1,
             })
             .collect();
         db::insert_tenants(conn, &tenants, now)?;
-        let mut users = Vec::with_capacity(self.opts.verify_users);
-        let mut enrollments = Vec::with_capacity(self.opts.verify_users);
-        let mut out = VerifyUsers::default();
-        for i in 0..self.opts.verify_users {
+        let mut users = Vec::with_capacity(n);
+        let mut enrollments = Vec::with_capacity(n);
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
             let tenant = &tenants[i % tenants.len()];
             let id = uuid::Uuid::now_v7().to_string();
             let secret = TotpSecret::generate();
             let sealed = self.keys.seal(secret.as_bytes(), format!("totp:{id}").as_bytes());
-            let email = format!("v{i}@verify.bench.test");
+            let email = format!("{i}@{phase}.bench.test");
             users.push(UserRow { id: id.clone(), tenant_id: tenant.id.clone(), email: email.clone(), role: "agent" });
             enrollments.push(EnrollmentRow {
-                user_id: id,
+                user_id: id.clone(),
                 tenant_id: tenant.id.clone(),
                 method: "authenticator",
                 secret_sealed: Some(sealed),
             });
-            out.signin.push(sign_in_body(&tenant.slug, &email));
-            out.secrets.push(secret);
+            out.push((id, tenant.id.clone(), sign_in_body(&tenant.slug, &email), secret));
         }
         db::insert_users(conn, &users, hash, now)?;
         db::insert_enrollments(conn, &enrollments, now)?;
+        Ok(out)
+    }
+
+    fn load_verify_users(&self, conn: &mut diesel::PgConnection, hash: &str, now: i64) -> BenchResult<VerifyUsers> {
+        if !self.opts.runs("verify") {
+            return Ok(VerifyUsers::default());
+        }
+        let mut out = VerifyUsers::default();
+        for (_, _, body, secret) in self.load_authenticator_users(conn, "verify", self.opts.verify_users, hash, now)? {
+            out.signin.push(body);
+            out.secrets.push(secret);
+        }
         Ok(out)
     }
 
@@ -745,44 +763,20 @@ impl Bench {
         if !self.opts.runs("recovery") {
             return Ok(RecoveryUsers::default());
         }
-        let tenants: Vec<TenantRow> = (0..self.opts.verify_tenants)
-            .map(|k| TenantRow {
-                id: uuid::Uuid::now_v7().to_string(),
-                slug: format!("bench-recovery-{k}"),
-                two_factor: true,
-                methods: 1,
-            })
-            .collect();
-        db::insert_tenants(conn, &tenants, now)?;
-        let mut users = Vec::with_capacity(self.opts.recovery_users);
-        let mut enrollments = Vec::with_capacity(self.opts.recovery_users);
-        let mut codes = Vec::with_capacity(self.opts.recovery_users);
+        let users = self.load_authenticator_users(conn, "recovery", self.opts.recovery_users, hash, now)?;
+        let mut codes = Vec::with_capacity(users.len());
         let mut out = RecoveryUsers::default();
-        for i in 0..self.opts.recovery_users {
-            let tenant = &tenants[i % tenants.len()];
-            let id = uuid::Uuid::now_v7().to_string();
-            let secret = TotpSecret::generate();
-            let sealed = self.keys.seal(secret.as_bytes(), format!("totp:{id}").as_bytes());
-            let email = format!("r{i}@recovery.bench.test");
+        for (id, tenant_id, body, _) in users {
             let code = latchkey_core::recovery_code::generate_set().swap_remove(0);
             let normal = latchkey_core::recovery_code::normalize(&code).ok_or("a generated code does not normalise")?;
             codes.push(db::RecoveryCodeRow {
-                tenant_id: tenant.id.clone(),
-                user_id: id.clone(),
+                tenant_id,
                 code_hash: self.keys.recovery_code_hash(&id, &normal).to_vec(),
-            });
-            users.push(UserRow { id: id.clone(), tenant_id: tenant.id.clone(), email: email.clone(), role: "agent" });
-            enrollments.push(EnrollmentRow {
                 user_id: id,
-                tenant_id: tenant.id.clone(),
-                method: "authenticator",
-                secret_sealed: Some(sealed),
             });
-            out.signin.push(sign_in_body(&tenant.slug, &email));
+            out.signin.push(body);
             out.codes.push(code.to_string());
         }
-        db::insert_users(conn, &users, hash, now)?;
-        db::insert_enrollments(conn, &enrollments, now)?;
         db::insert_recovery_codes(conn, &codes, now)?;
         Ok(out)
     }
