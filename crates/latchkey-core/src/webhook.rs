@@ -113,7 +113,7 @@ pub fn check_address(ip: IpAddr, policy: UrlPolicy) -> Result<(), Refused> {
 /// The range that makes `ip` unfit for a webhook, if any: loopback, private (including
 /// shared CGNAT space), link-local, unique-local, multicast, unspecified, broadcast or
 /// reserved; IPv4 addresses embedded in IPv6 (`::ffff:127.0.0.1`, `::127.0.0.1`, NAT64
-/// `64:ff9b::/96`) are judged as IPv4.
+/// `64:ff9b::/96`, 6to4 `2002::/16`) are judged as IPv4.
 pub fn forbidden_range(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => forbidden_v4(v4),
@@ -133,7 +133,12 @@ fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("link-local")
     } else if ip.is_multicast() {
         Some("multicast")
-    } else if ip.is_broadcast() || a >= 240 {
+    } else if ip.is_broadcast()
+        || a >= 240
+        || (a == 192 && b == 0 && ip.octets()[2] == 0)
+        || (a == 198 && (b & 0xfe) == 18)
+    {
+        // 192.0.0.0/24 (IETF protocol assignments), 198.18.0.0/15 (benchmarking, RFC 2544).
         Some("reserved")
     } else {
         None
@@ -158,6 +163,15 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("loopback")
     } else if segments[..6] == [0; 6] || segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         forbidden_v4(embedded)
+    } else if segments[0] == 0x2002 {
+        // 6to4 (RFC 3056): the IPv4 address in bits 16-48.
+        let v4 = Ipv4Addr::new(
+            (segments[1] >> 8) as u8,
+            (segments[1] & 0xff) as u8,
+            (segments[2] >> 8) as u8,
+            (segments[2] & 0xff) as u8,
+        );
+        forbidden_v4(v4)
     } else if segments[0] & 0xfe00 == 0xfc00 {
         Some("unique-local")
     } else if segments[0] & 0xffc0 == 0xfe80 || segments[0] & 0xffc0 == 0xfec0 {
@@ -297,12 +311,27 @@ mod tests {
             ("::127.0.0.1", "loopback"),
             ("64:ff9b::7f00:1", "loopback"),
             ("64:ff9b::a00:1", "private"),
+            ("192.0.0.1", "reserved"),
+            ("198.18.0.1", "reserved"),
+            ("198.19.255.254", "reserved"),
+            ("2002:7f00:1::", "loopback"),
+            ("2002:a00:1::1", "private"),
         ] {
             assert_eq!(forbidden_range(ip(addr)), Some(range), "{addr}");
             assert!(check_address(ip(addr), STRICT).is_err(), "{addr}");
             assert!(check_address(ip(addr), OPEN).is_ok(), "{addr} allowed by the policy");
         }
-        for addr in ["93.184.215.14", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:1.1.1.1"] {
+        for addr in [
+            "93.184.215.14",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "192.0.2.1",
+            "198.20.0.1",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+            "2002:808:808::1",
+        ] {
             assert_eq!(forbidden_range(ip(addr)), None, "{addr}");
         }
         assert!(check_addresses(&[ip("8.8.8.8"), ip("10.0.0.1")], STRICT).is_err(), "one bad address spoils all");
