@@ -186,8 +186,7 @@ pub async fn deliver_notices(
     let res = next.call(req).await?;
     let pending = actix_web::HttpMessage::extensions(res.request()).get::<latchkey_tenant::PendingNotices>().cloned();
     if let (Some(st), Some(pending)) = (st, pending) {
-        let ctx = latchkey_tenant::RequestCtx { notices: pending, ..latchkey_tenant::RequestCtx::at(st.clock.now()) };
-        st.service.deliver_notices(&ctx).await;
+        st.service.deliver_notices(&pending).await;
     }
     Ok(res)
 }

@@ -17,7 +17,7 @@ use latchkey_store::repo::deliveries::{self, DeliveryKind, DeliveryState, NewMai
 use latchkey_store::repo::{tenants, users};
 use latchkey_store::{DbConn, StoreError, StoreResult};
 
-use super::{RequestCtx, Service};
+use super::{PendingNotices, RequestCtx, Service};
 use crate::outbox::{DeliveryJob, MailPayload, NoticeEvent, NoticeMail, seal_payload};
 
 /// A change that the user (or, for a recovery request, the tenant's admins) is told about.
@@ -213,14 +213,15 @@ impl Service {
         Ok(ids)
     }
 
-    /// Delivers the notices a request recorded, once its use-cases are done (their
+    /// Delivers the notices a request recorded (its [`RequestCtx::notices`]), once its
+    /// use-cases are done (their
     /// transactions committed): pushes them to the queue and waits, at most
     /// `LATCHKEY_NOTICE_WAIT_MS`, until the worker has finished them, so that an answer never
     /// comes before the notices of what it did (an email change: the old address hears of it
     /// before the admin's confirmation, DESIGN.md 5.6). A queue that refuses leaves them to
     /// the sweep; the wait only ever delays the answer. Call at the edge, after the use-case.
-    pub async fn deliver_notices(&self, ctx: &RequestCtx) {
-        let ids = ctx.notices.take();
+    pub async fn deliver_notices(&self, pending: &PendingNotices) {
+        let ids = pending.take();
         if ids.is_empty() {
             return;
         }
