@@ -81,19 +81,20 @@ impl RequestCtx {
 }
 
 /// The notice deliveries recorded during one request (shared by the clones of its
-/// [`RequestCtx`]): pushed to the queue and waited for when the request is done, so that an
-/// answer never comes before the notices of what it did (DESIGN.md 5.6; an email change: the
-/// old address hears of it first). Deliveries of a transaction that rolled back simply do not
-/// exist and are skipped.
+/// [`RequestCtx`]): pushed to the queue when the request is done and, for most notices,
+/// waited for, so that an answer never comes before the notices of what it did (DESIGN.md
+/// 5.6; an email change: the old address hears of it first). Each entry is a delivery and
+/// whether the answer waits for it ([`Notice::answer_waits`]). Deliveries of a transaction
+/// that rolled back simply do not exist and are skipped.
 #[derive(Debug, Clone, Default)]
-pub struct PendingNotices(Arc<std::sync::Mutex<Vec<latchkey_core::DeliveryId>>>);
+pub struct PendingNotices(Arc<std::sync::Mutex<Vec<(latchkey_core::DeliveryId, bool)>>>);
 
 impl PendingNotices {
-    fn push(&self, ids: impl IntoIterator<Item = latchkey_core::DeliveryId>) {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(ids);
+    fn push(&self, ids: impl IntoIterator<Item = latchkey_core::DeliveryId>, wait: bool) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(ids.into_iter().map(|id| (id, wait)));
     }
 
-    fn take(&self) -> Vec<latchkey_core::DeliveryId> {
+    fn take(&self) -> Vec<(latchkey_core::DeliveryId, bool)> {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 }

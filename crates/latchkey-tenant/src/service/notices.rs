@@ -113,6 +113,18 @@ impl Notice {
         }
     }
 
+    /// Whether the answer to the request that caused the notice waits until it has gone out
+    /// ([`Service::deliver_notices`]). Every notice does, so that mail to one address comes in
+    /// the order of what happened (the notice of an enrollment before the next code, the old
+    /// address's notice of an email change before anything else), except the two that a
+    /// completed sign-in writes — a recovery code used and a device remembered: they are
+    /// pushed to the queue at once but the sign-in's answer does not wait for an SMTP round
+    /// trip (issue 17: it halved the throughput of recovery-code sign-ins). The answer ends
+    /// the sign-in, so nothing the same request caused can be mailed after them.
+    pub fn answer_waits(&self) -> bool {
+        !matches!(self, Notice::RecoveryCodeUsed { .. } | Notice::TrustedDeviceCreated { .. })
+    }
+
     /// The user the notice is about.
     pub fn user(&self) -> UserId {
         match self {
@@ -143,8 +155,9 @@ impl Service {
     ///
     /// Errors: database errors only (the caller's transaction then rolls back).
     pub fn notify(&self, conn: &mut DbConn, ctx: &RequestCtx, tenant: TenantId, notice: Notice) -> StoreResult<()> {
+        let wait = notice.answer_waits();
         let ids = self.record_notice(conn, ctx, tenant, notice)?;
-        ctx.notices.push(ids);
+        ctx.notices.push(ids, wait);
         Ok(())
     }
 
@@ -214,9 +227,9 @@ impl Service {
     }
 
     /// Delivers the notices a request recorded (its [`RequestCtx::notices`]), once its
-    /// use-cases are done (their
-    /// transactions committed): pushes them to the queue and waits, at most
-    /// `LATCHKEY_NOTICE_WAIT_MS`, until the worker has finished them, so that an answer never
+    /// use-cases are done (their transactions committed): pushes them to the queue and waits,
+    /// at most `LATCHKEY_NOTICE_WAIT_MS`, until the worker has finished those whose
+    /// [`Notice::answer_waits`], so that an answer never
     /// comes before the notices of what it did (an email change: the old address hears of it
     /// before the admin's confirmation, DESIGN.md 5.6). A queue that refuses leaves them to
     /// the sweep; the wait only ever delays the answer. Call at the edge, after the use-case.
@@ -225,13 +238,13 @@ impl Service {
         if ids.is_empty() {
             return;
         }
-        for id in &ids {
+        for (id, _) in &ids {
             if let Err(e) = self.outbox.enqueue(DeliveryJob { delivery_id: *id }).await {
                 tracing::warn!(error = %e, "a notice is left to the delivery sweep");
             }
         }
         let deadline = tokio::time::Instant::now() + self.server.notice_wait;
-        let mut left = ids;
+        let mut left: Vec<DeliveryId> = ids.into_iter().filter(|(_, wait)| *wait).map(|(id, _)| id).collect();
         while !left.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             let check = left.clone();
