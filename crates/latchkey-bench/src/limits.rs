@@ -75,16 +75,16 @@ AND last_step < 9000000000000000000;
 ";
 
 /// L1v: the statements one successful TOTP verification sends on Postgres, in the same
-/// order, on copies of the tables: the read of the challenge and its user, the read of the
-/// enrollments, then the one data-modifying statement that commits the sign-in
+/// order, on copies of the tables: the read of the challenge with its user and enrollments
+/// (one query since issue 17), then the one data-modifying statement that commits the sign-in
 /// (`latchkey_store::repo::totp_sign_in`), in autocommit. The database's own ceiling for
 /// `verify`, without HTTP, Rust or the pool. Keep it in step with `Service::verify` (log the
 /// service's statements with `log_statement = all`). (No colon in the JSON details: pgbench
 /// would take it for a variable.)
 pub const L1V_SCRIPT: &str = "\\set n random(1, 20000)
-SELECT c.*, u.* FROM lv_challenges c JOIN lv_users u ON u.id = c.user_id AND u.tenant_id = c.tenant_id \
-WHERE c.token_hash = sha256(:n::text::bytea) AND c.ended_at IS NULL AND c.expires_at > 0 LIMIT 1;
-SELECT * FROM lv_enrollments WHERE user_id = 'u-' || :n;
+SELECT c.*, u.*, e.* FROM lv_challenges c JOIN lv_users u ON u.id = c.user_id AND u.tenant_id = c.tenant_id \
+LEFT JOIN lv_enrollments e ON e.user_id = c.user_id \
+WHERE c.token_hash = sha256(:n::text::bytea) AND c.ended_at IS NULL AND c.expires_at > 0;
 WITH locked_user AS ( \
   SELECT id FROM lv_users WHERE id = 'u-' || :n AND (otp_blocked_until IS NULL OR otp_blocked_until <= 0) FOR UPDATE \
 ), locked_challenge AS ( \

@@ -515,3 +515,40 @@ fn challenges_and_sessions_keep_only_the_indexes_their_queries_need() {
         assert_eq!(names, ["sessions_expiry", "sessions_user"], "{url}");
     }
 }
+
+/// The challenge read of a TOTP verification brings every enrollment of the user with the
+/// open challenge (none, one, two: one joined row each), and nothing once it has ended or
+/// for a hash that is not its token's.
+#[test]
+fn an_open_challenge_is_read_with_its_user_and_every_enrollment() {
+    use latchkey_store::repo::challenges;
+    for s in stores() {
+        let store = &s.store;
+        let (tenant, user) = seed(store);
+        let ch = totp::open_challenge(store, tenant, user);
+        let hash = ch.to_string().into_bytes();
+        let read = |h: &[u8]| {
+            let h = h.to_vec();
+            store.run_blocking(move |c| challenges::open_with_user_and_enrollments_by_token_hash(c, &h, now())).unwrap()
+        };
+        let (found, who, none) = read(&hash).unwrap();
+        assert_eq!((found.id, who.id, none.len()), (ch, user, 0), "{}", s.url);
+        totp::enroll(store, tenant, user, 7);
+        let email = Enrollment {
+            user_id: user,
+            method: Method::Email,
+            secret_sealed: None,
+            last_step: None,
+            created_at: now(),
+            last_used_at: None,
+        };
+        store.run_blocking(|c| enrollments::upsert(c, tenant, &email)).unwrap();
+        let (_, _, both) = read(&hash).unwrap();
+        let mut methods: Vec<(Method, Option<i64>)> = both.iter().map(|e| (e.method, e.last_step)).collect();
+        methods.sort_by_key(|(m, _)| m.as_str());
+        assert_eq!(methods, vec![(Method::Authenticator, Some(7)), (Method::Email, None)], "{}", s.url);
+        assert!(read(b"another token").is_none());
+        store.run_blocking(|c| challenges::end(c, ch, now())).unwrap();
+        assert!(read(&hash).is_none(), "an ended challenge is not found ({})", s.url);
+    }
+}

@@ -14,7 +14,7 @@ use crate::{DbConn, per_backend};
 
 #[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = e)]
-struct Row {
+pub(crate) struct Row {
     user_id: String,
     method: String,
     tenant_id: String,
@@ -25,7 +25,7 @@ struct Row {
 }
 
 impl Row {
-    fn into_enrollment(self) -> StoreResult<Enrollment> {
+    pub(crate) fn into_enrollment(self) -> StoreResult<Enrollment> {
         Ok(Enrollment {
             user_id: parse("user id", &self.user_id)?,
             method: parse("method", &self.method)?,

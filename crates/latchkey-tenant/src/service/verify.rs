@@ -4,7 +4,9 @@
 use latchkey_core::crypto::TokenPurpose;
 use latchkey_core::otp::OtpLockout;
 use latchkey_core::{AuditKind, Method, MethodSet, SecretToken, TrustedDeviceId, trust};
-use latchkey_store::model::{AuditEvent, Challenge, ChallengePurpose, NextAction, Tenant, TrustedDevice, User};
+use latchkey_store::model::{
+    AuditEvent, Challenge, ChallengePurpose, Enrollment, NextAction, Tenant, TrustedDevice, User,
+};
 use latchkey_store::repo::{audit, challenges, enrollments, trusted_devices, users};
 use latchkey_store::{Backend, DbConn, StoreResult};
 use serde_json::json;
@@ -52,7 +54,7 @@ impl Service {
         let loc = self.locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || Error::InvalidChallenge).await?;
         let verifier = self.registry.enter_with_verifier(loc.tenant.id).await?.verifier;
         let proof = Presented::Assertion(Box::new(credential), verifier);
-        self.verify_located(ctx, loc, Method::Webauthn, proof, remember_device).await
+        self.verify_located(ctx, loc, Method::Webauthn, proof, remember_device, None).await
     }
 
     async fn verify_presented(
@@ -63,8 +65,16 @@ impl Service {
         proof: Presented,
         remember_device: bool,
     ) -> Result<IssuedSession> {
+        // On Postgres a TOTP code may be committed in one statement (`verify_totp_at_once`),
+        // which needs the enrollments: read with the challenge, in the same query.
+        if method == Method::Authenticator && self.store.backend() == Backend::Postgres {
+            let (loc, enrollments) = self
+                .locate_with_enrollments(challenge_token, ChallengePurpose::SignIn, ctx.now, || Error::InvalidChallenge)
+                .await?;
+            return self.verify_located(ctx, loc, method, proof, remember_device, Some(enrollments)).await;
+        }
         let loc = self.locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || Error::InvalidChallenge).await?;
-        self.verify_located(ctx, loc, method, proof, remember_device).await
+        self.verify_located(ctx, loc, method, proof, remember_device, None).await
     }
 
     async fn verify_located(
@@ -74,6 +84,7 @@ impl Service {
         method: Method,
         proof: Presented,
         remember_device: bool,
+        enrollments: Option<Vec<Enrollment>>,
     ) -> Result<IssuedSession> {
         let allowed = loc.challenge.methods.intersect(loc.tenant.policy.methods_for(loc.user.role));
         let needs_enrolled = matches!(method, Method::Authenticator | Method::Webauthn);
@@ -90,7 +101,7 @@ impl Service {
             && loc.challenge.pending_secret.is_none()
             && loc.user.lockout.blocked(ctx.now).is_none()
             && let Some(code) = code
-            && let Some(issued) = self.verify_totp_at_once(ctx, &loc, code).await?
+            && let Some(issued) = self.verify_totp_at_once(ctx, &loc, enrollments, code).await?
         {
             return Ok(issued);
         }
