@@ -190,11 +190,14 @@ impl Core {
         .map_err(|e| StartError::Other(format!("mail worker: {e}")))
     }
 
-    /// Deletes rows nothing can use any more, every ten minutes (every process may run it).
+    /// Deletes rows nothing can use any more, at start and then every
+    /// `LATCHKEY_PURGE_INTERVAL_SECS` (default ten minutes; every process may run it), in
+    /// batches ([`Service::purge`]).
     pub fn spawn_housekeeping(&self, service: Service) {
         let clock = self.clock.clone();
+        let interval = Duration::from_secs(self.config.purge_interval_secs.max(1));
         actix_rt::spawn(async move {
-            let mut every = actix_rt::time::interval(Duration::from_secs(600));
+            let mut every = actix_rt::time::interval(interval);
             loop {
                 every.tick().await;
                 match service.purge(clock.now()).await {

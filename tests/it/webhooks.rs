@@ -516,3 +516,39 @@ async fn two_workers_deliver_each_event_once() {
         app.stop().await;
     }
 }
+
+/// A request queues the webhook deliveries its audit events created as soon as it is done,
+/// without waiting for the worker's sweep (issue 17: the sweep's interval was the latency):
+/// a sign-in with 2FA off (the portable audit write) and a TOTP verification (on Postgres the
+/// one-statement sign-in) each leave a job for their delivery in the queue, on both backends.
+#[actix_rt::test]
+async fn a_request_queues_its_webhook_deliveries_at_once() {
+    for db in backends() {
+        let app = TestApp::spawn(db, open).await;
+        let (t, a, agent, _) = tenant(&app).await;
+        let c = create(&app, &a, "http://127.0.0.1:9/hook", json!(["signed_in"])).await;
+        assert_eq!(c.status, 201, "{c:?}");
+        let hook = c.s("id");
+        let queued = |app: &TestApp| -> std::collections::BTreeSet<String> {
+            app.jobs().iter().map(|j| j.delivery_id.to_string()).collect()
+        };
+        app.token(&t, &agent).await;
+        let items = deliveries(&app, &a, &hook).await;
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert!(queued(&app).contains(items[0]["id"].as_str().unwrap()), "{db:?}: the sign-in queued its delivery");
+
+        // A TOTP sign-in (the admin's, once 2FA is on).
+        let secret = app.enable_authenticator(&a).await;
+        app.next_step();
+        let ch = app.challenge(&t, &admin(&t)).await;
+        let r = app.verify(ch["challenge_token"].as_str().unwrap(), "authenticator", &app.totp(&secret, 0)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let items = deliveries(&app, &a, &hook).await;
+        assert_eq!(items.len(), 2, "the agent's sign-in and the admin's TOTP sign-in: {items:?}");
+        let queued = queued(&app);
+        for i in &items {
+            assert!(queued.contains(i["id"].as_str().unwrap()), "{db:?}: {i} was queued");
+        }
+        app.stop().await;
+    }
+}

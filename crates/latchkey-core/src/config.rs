@@ -135,10 +135,19 @@ pub struct Config {
     /// for lost and queues it again, in milliseconds (default: 3 × `delivery_sweep_ms`,
     /// at least 1000).
     pub delivery_requeue_ms: Option<u64>,
-    /// How long the answer to an email change waits, in milliseconds, for the notice to the
-    /// old address to be handed to the mail server (DESIGN.md 5.6: the old address hears of
-    /// the change first); 0 answers at once (default 2000).
+    /// How long an answer waits, in milliseconds, for the notices of what it did to be handed
+    /// to the mail server (DESIGN.md 5.6: e.g. the old address hears of an email change
+    /// first); all notices but those of a completed sign-in; 0 answers at once (default 2000).
     pub notice_wait_ms: u64,
+    /// How often each process deletes the rows nothing can use any more (expired sessions,
+    /// long-expired challenges, old codes and deliveries), in seconds (default 600).
+    pub purge_interval_secs: u64,
+    /// Most rows of one table one purge statement deletes (default 5000): the purge goes
+    /// on in rounds until less than this is left, so no statement deletes much at once.
+    pub purge_batch: u32,
+    /// The pause between two purge rounds, in milliseconds (default 20), which leaves the
+    /// database's log to the requests meanwhile.
+    pub purge_pause_ms: u64,
     /// First retry delay of a failed webhook delivery, in milliseconds (default 1000,
     /// DESIGN.md 5.6); doubles on every retry.
     pub webhook_retry_initial_ms: u64,
@@ -215,6 +224,9 @@ impl Default for Config {
             delivery_sweep_ms: 1000,
             delivery_requeue_ms: None,
             notice_wait_ms: 2000,
+            purge_interval_secs: 600,
+            purge_batch: 5000,
+            purge_pause_ms: 20,
             webhook_retry_initial_ms: 1000,
             webhook_retry_max_secs: 300,
             webhook_max_attempts: 10,

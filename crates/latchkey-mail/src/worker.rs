@@ -191,14 +191,35 @@ async fn housekeeping(queue: MailQueue, store: Store, metrics: Metrics, clock: A
                 now - chrono::Duration::days(1),
                 now - chrono::Duration::days(latchkey_tenant::service::WEBHOOK_HISTORY_DAYS),
             );
-            match store.run(move |c| latchkey_store::repo::deliveries::purge_before(c, mail, hooks)).await {
-                Ok(n) => tracing::debug!(purged = n, "finished deliveries purged"),
-                Err(e) => tracing::warn!(error = %e, "cannot purge finished deliveries"),
+            // In batches, as the service's housekeeping does (`Service::purge`).
+            let mut purged = 0usize;
+            loop {
+                match store
+                    .run(move |c| latchkey_store::repo::deliveries::purge_before(c, mail, hooks, PURGE_BATCH))
+                    .await
+                {
+                    Ok(n) => {
+                        purged += n;
+                        if i64::try_from(n).unwrap_or(i64::MAX) < PURGE_BATCH {
+                            tracing::debug!(purged, "finished deliveries purged");
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot purge finished deliveries");
+                        break;
+                    }
+                }
             }
         }
         ticks = ticks.wrapping_add(1);
     }
 }
+
+/// Most finished deliveries one purge statement of the worker deletes (it goes on while
+/// there are more).
+const PURGE_BATCH: i64 = 5000;
 
 /// Most deliveries one sweep takes at once (it goes on at once while there are more).
 const SWEEP_BATCH: i64 = 500;

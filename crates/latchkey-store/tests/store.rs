@@ -256,7 +256,7 @@ mod totp {
         });
         let hash = session.id.to_string().into_bytes();
         let s = TotpSignIn { user, challenge, step, session: &session, session_token_hash: &hash, audit: &audit };
-        store.run_blocking(|c| totp_sign_in::commit(c, &s)).unwrap()
+        store.run_blocking(|c| totp_sign_in::commit(c, &s)).unwrap().0
     }
     pub fn open_challenge(store: &Store, tenant: TenantId, user: UserId) -> ChallengeId {
         let ch = Challenge {
@@ -383,7 +383,7 @@ fn a_totp_sign_in_commits_every_write_or_none() {
                     audit: &[],
                 };
                 for _ in 0..3 {
-                    assert_eq!(totp_sign_in::commit(c, &s)?, TotpSignInOutcome::Refused);
+                    assert_eq!(totp_sign_in::commit(c, &s)?.0, TotpSignInOutcome::Refused);
                 }
                 let q = "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE 'WITH p AS (SELECT%'";
                 let DbConn::Pg(pg) = c else { unreachable!() };

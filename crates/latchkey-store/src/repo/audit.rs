@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use latchkey_core::{AuditEventId, AuditKind, TenantId};
+use latchkey_core::{AuditEventId, AuditKind, DeliveryId, TenantId};
 
 use super::Page;
 use crate::DbConn;
@@ -73,22 +73,24 @@ impl NewRow {
     }
 }
 
-/// Appends an event (and its webhook deliveries).
-pub fn insert(conn: &mut DbConn, e: &AuditEvent) -> StoreResult<()> {
+/// Appends an event (and its webhook deliveries, whose ids it returns).
+pub fn insert(conn: &mut DbConn, e: &AuditEvent) -> StoreResult<Vec<DeliveryId>> {
     insert_all(conn, std::slice::from_ref(e))
 }
 
 /// Appends several events, and creates their webhook deliveries, in one statement on
-/// Postgres (so an audit write costs one round trip with or without webhooks).
-pub fn insert_all(conn: &mut DbConn, events: &[AuditEvent]) -> StoreResult<()> {
+/// Postgres (so an audit write costs one round trip with or without webhooks). Returns the
+/// ids of the webhook deliveries created, for the request to queue once it is done (the
+/// worker's sweep queues any it does not).
+pub fn insert_all(conn: &mut DbConn, events: &[AuditEvent]) -> StoreResult<Vec<DeliveryId>> {
     use diesel::sql_types::{Array, BigInt, Nullable, Text};
     if events.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     match conn {
         DbConn::Pg(pg) => {
             let rows: Vec<NewRow> = events.iter().map(NewRow::of).collect();
-            diesel::sql_query(format!(
+            let created: Vec<CreatedId> = diesel::sql_query(format!(
                 "WITH audit AS (INSERT INTO audit_events \
                  (id, tenant_id, at, actor_id, subject_id, kind, ip, user_agent, detail) \
                  SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
@@ -104,17 +106,24 @@ pub fn insert_all(conn: &mut DbConn, events: &[AuditEvent]) -> StoreResult<()> {
             .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.ip.clone()).collect::<Vec<_>>())
             .bind::<Array<Nullable<Text>>, _>(rows.iter().map(|r| r.user_agent.clone()).collect::<Vec<_>>())
             .bind::<Array<Text>, _>(rows.iter().map(|r| r.detail.clone()).collect::<Vec<_>>())
-            .execute(pg)?;
+            .load(pg)?;
+            created.into_iter().map(|c| parse("delivery id", &c.id)).collect()
         }
         // No round trip to save on SQLite.
         DbConn::Sqlite(lite) => {
             for e in events {
                 diesel::insert_into(ae::table).values(NewRow::of(e)).execute(lite)?;
             }
-            super::webhooks::fan_out(conn, events)?;
+            super::webhooks::fan_out(conn, events)
         }
     }
-    Ok(())
+}
+
+/// The id of a webhook delivery the audit statement created (Postgres).
+#[derive(QueryableByName)]
+struct CreatedId {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    id: String,
 }
 
 /// The event `id` of `tenant`.

@@ -211,8 +211,12 @@ pub fn end_for_tenant(
 }
 
 /// Deletes challenges that expired before `before` (housekeeping).
-pub fn purge_expired(conn: &mut DbConn, before: DateTime<Utc>) -> StoreResult<usize> {
-    Ok(diesel::delete(c::table.filter(c::expires_at.le(ms(before)))).execute(conn)?)
+/// At most `limit` rows, one batch (the caller repeats until fewer come back, so that no
+/// statement deletes, locks or logs much at once).
+pub fn purge_expired(conn: &mut DbConn, before: DateTime<Utc>, limit: i64) -> StoreResult<usize> {
+    let expired = diesel::alias!(crate::schema::challenges as expired);
+    let batch = expired.filter(expired.field(c::expires_at).le(ms(before))).select(expired.field(c::id)).limit(limit);
+    Ok(diesel::delete(c::table.filter(c::id.eq_any(batch))).execute(conn)?)
 }
 
 /// The newest open challenge of `purpose` bound to `session` of `user` (a step-up in

@@ -391,25 +391,28 @@ pub fn take_due(conn: &mut DbConn, now: DateTime<Utc>, requeue: Duration, limit:
 
 /// Deletes finished deliveries: mail last changed before `mail_before`, webhook deliveries
 /// (the endpoints' delivery history) before `webhook_before` (housekeeping).
+/// At most `limit` rows of each, one batch (the caller repeats until fewer come back).
 pub fn purge_before(
     conn: &mut DbConn,
     mail_before: DateTime<Utc>,
     webhook_before: DateTime<Utc>,
+    limit: i64,
 ) -> StoreResult<usize> {
     let finished = [DeliveryState::Sent.as_str(), DeliveryState::Dropped.as_str(), DeliveryState::Failed.as_str()];
-    let mail = diesel::delete(
-        d::table
-            .filter(d::state.eq_any(finished))
-            .filter(d::kind.ne(DeliveryKind::Webhook.as_str()))
-            .filter(d::updated_at.lt(ms(mail_before))),
-    )
-    .execute(conn)?;
-    let hooks = diesel::delete(
-        d::table
-            .filter(d::state.eq_any(finished))
-            .filter(d::kind.eq(DeliveryKind::Webhook.as_str()))
-            .filter(d::updated_at.lt(ms(webhook_before))),
-    )
-    .execute(conn)?;
+    let old = diesel::alias!(crate::schema::deliveries as old);
+    let mail = old
+        .filter(old.field(d::state).eq_any(finished))
+        .filter(old.field(d::kind).ne(DeliveryKind::Webhook.as_str()))
+        .filter(old.field(d::updated_at).lt(ms(mail_before)))
+        .select(old.field(d::id))
+        .limit(limit);
+    let mail = diesel::delete(d::table.filter(d::id.eq_any(mail))).execute(conn)?;
+    let hooks = old
+        .filter(old.field(d::state).eq_any(finished))
+        .filter(old.field(d::kind).eq(DeliveryKind::Webhook.as_str()))
+        .filter(old.field(d::updated_at).lt(ms(webhook_before)))
+        .select(old.field(d::id))
+        .limit(limit);
+    let hooks = diesel::delete(d::table.filter(d::id.eq_any(hooks))).execute(conn)?;
     Ok(mail + hooks)
 }

@@ -121,6 +121,10 @@ pub fn delete(conn: &mut DbConn, id: EmailCodeId) -> StoreResult<()> {
 }
 
 /// Deletes codes created before `before` (housekeeping; keep at least the send window).
-pub fn purge_before(conn: &mut DbConn, before: DateTime<Utc>) -> StoreResult<usize> {
-    Ok(diesel::delete(ec::table.filter(ec::created_at.lt(ms(before)))).execute(conn)?)
+/// At most `limit` rows, one batch (the caller repeats until fewer come back, so that no
+/// statement deletes, locks or logs much at once).
+pub fn purge_before(conn: &mut DbConn, before: DateTime<Utc>, limit: i64) -> StoreResult<usize> {
+    let expired = diesel::alias!(crate::schema::email_codes as expired);
+    let batch = expired.filter(expired.field(ec::created_at).lt(ms(before))).select(expired.field(ec::id)).limit(limit);
+    Ok(diesel::delete(ec::table.filter(ec::id.eq_any(batch))).execute(conn)?)
 }

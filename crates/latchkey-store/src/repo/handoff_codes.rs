@@ -72,6 +72,11 @@ pub fn take(conn: &mut DbConn, code_hash: &[u8], now: DateTime<Utc>) -> StoreRes
 }
 
 /// Deletes codes that expired before `now`.
-pub fn purge_expired(conn: &mut DbConn, now: DateTime<Utc>) -> StoreResult<usize> {
-    Ok(diesel::delete(h::table.filter(h::expires_at.le(ms(now)))).execute(conn)?)
+/// At most `limit` rows, one batch (the caller repeats until fewer come back, so that no
+/// statement deletes, locks or logs much at once).
+pub fn purge_expired(conn: &mut DbConn, now: DateTime<Utc>, limit: i64) -> StoreResult<usize> {
+    let expired = diesel::alias!(crate::schema::handoff_codes as expired);
+    let batch =
+        expired.filter(expired.field(h::expires_at).le(ms(now))).select(expired.field(h::code_hash)).limit(limit);
+    Ok(diesel::delete(h::table.filter(h::code_hash.eq_any(batch))).execute(conn)?)
 }

@@ -90,6 +90,10 @@ pub fn delete_for_tenant(conn: &mut DbConn, tenant: TenantId, keep: Option<Sessi
 }
 
 /// Deletes sessions expired before `now` (housekeeping).
-pub fn purge_expired(conn: &mut DbConn, now: DateTime<Utc>) -> StoreResult<usize> {
-    Ok(diesel::delete(s::table.filter(s::expires_at.le(ms(now)))).execute(conn)?)
+/// At most `limit` rows, one batch (the caller repeats until fewer come back, so that no
+/// statement deletes, locks or logs much at once).
+pub fn purge_expired(conn: &mut DbConn, now: DateTime<Utc>, limit: i64) -> StoreResult<usize> {
+    let expired = diesel::alias!(crate::schema::sessions as expired);
+    let batch = expired.filter(expired.field(s::expires_at).le(ms(now))).select(expired.field(s::id)).limit(limit);
+    Ok(diesel::delete(s::table.filter(s::id.eq_any(batch))).execute(conn)?)
 }

@@ -57,6 +57,11 @@ pub fn clear(conn: &mut DbConn, key_hash: &[u8]) -> StoreResult<()> {
 }
 
 /// Deletes logs untouched since `before` (no attempt in them counts any more).
-pub fn purge_before(conn: &mut DbConn, before: DateTime<Utc>) -> StoreResult<usize> {
-    Ok(diesel::delete(sa::table.filter(sa::updated_at.lt(ms(before)))).execute(conn)?)
+/// At most `limit` rows, one batch (the caller repeats until fewer come back, so that no
+/// statement deletes, locks or logs much at once).
+pub fn purge_before(conn: &mut DbConn, before: DateTime<Utc>, limit: i64) -> StoreResult<usize> {
+    let expired = diesel::alias!(crate::schema::signin_attempts as expired);
+    let batch =
+        expired.filter(expired.field(sa::updated_at).lt(ms(before))).select(expired.field(sa::key_hash)).limit(limit);
+    Ok(diesel::delete(sa::table.filter(sa::key_hash.eq_any(batch))).execute(conn)?)
 }

@@ -21,11 +21,11 @@ use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{Array, BigInt, Bytea, Nullable, Text};
-use latchkey_core::{ChallengeId, Method, UserId};
+use latchkey_core::{ChallengeId, DeliveryId, Method, UserId};
 
 use crate::DbConn;
 use crate::error::StoreResult;
-use crate::model::{AuditEvent, Session, ms};
+use crate::model::{AuditEvent, Session, ms, parse};
 
 /// The writes of one accepted TOTP code.
 pub struct TotpSignIn<'a> {
@@ -111,7 +111,7 @@ const SQL_TAIL: &str = ") AS e (id, tenant_id, at, actor_id, subject_id, kind, i
 ";
 const SQL_END: &str = "
 )
-SELECT count(*) FROM advanced";
+SELECT (SELECT count(*) FROM advanced), ARRAY(SELECT id FROM hooks)";
 
 /// The statement with its parameters: a diesel query of its own (rather than `sql_query`)
 /// so that diesel prepares it once per connection and Postgres parses and plans it once.
@@ -173,7 +173,7 @@ impl QueryId for Statement {
 }
 
 impl Query for Statement {
-    type SqlType = BigInt;
+    type SqlType = (BigInt, Array<Text>);
 }
 
 impl RunQueryDsl<PgConnection> for Statement {}
@@ -227,14 +227,19 @@ impl QueryFragment<Pg> for Statement {
     }
 }
 
-/// Commits the sign-in `s` in one statement on Postgres.
+/// Commits the sign-in `s` in one statement on Postgres; with the outcome, the ids of the
+/// webhook deliveries of its audit events (for the request to queue once it is done).
 ///
 /// Errors: database errors only; every refusal is [`TotpSignInOutcome::Refused`] with nothing
 /// written.
-pub fn commit(conn: &mut DbConn, s: &TotpSignIn<'_>) -> StoreResult<TotpSignInOutcome> {
+pub fn commit(conn: &mut DbConn, s: &TotpSignIn<'_>) -> StoreResult<(TotpSignInOutcome, Vec<DeliveryId>)> {
     let DbConn::Pg(pg) = conn else {
-        return Ok(TotpSignInOutcome::Unsupported);
+        return Ok((TotpSignInOutcome::Unsupported, Vec::new()));
     };
-    let accepted: i64 = Statement::of(s).get_result(pg)?;
-    Ok(if accepted == 1 { TotpSignInOutcome::Committed } else { TotpSignInOutcome::Refused })
+    let (accepted, hooks): (i64, Vec<String>) = Statement::of(s).get_result(pg)?;
+    if accepted != 1 {
+        return Ok((TotpSignInOutcome::Refused, Vec::new()));
+    }
+    let hooks = hooks.iter().map(|id| parse("delivery id", id)).collect::<StoreResult<Vec<_>>>()?;
+    Ok((TotpSignInOutcome::Committed, hooks))
 }

@@ -125,6 +125,10 @@ pub fn revoke_for_tenant(
 }
 
 /// Deletes devices that expired before `before` (housekeeping).
-pub fn purge_expired(conn: &mut DbConn, before: DateTime<Utc>) -> StoreResult<usize> {
-    Ok(diesel::delete(td::table.filter(td::expires_at.le(ms(before)))).execute(conn)?)
+/// At most `limit` rows, one batch (the caller repeats until fewer come back, so that no
+/// statement deletes, locks or logs much at once).
+pub fn purge_expired(conn: &mut DbConn, before: DateTime<Utc>, limit: i64) -> StoreResult<usize> {
+    let expired = diesel::alias!(crate::schema::trusted_devices as expired);
+    let batch = expired.filter(expired.field(td::expires_at).le(ms(before))).select(expired.field(td::id)).limit(limit);
+    Ok(diesel::delete(td::table.filter(td::id.eq_any(batch))).execute(conn)?)
 }

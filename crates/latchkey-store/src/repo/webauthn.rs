@@ -227,6 +227,10 @@ pub fn take_ceremony(conn: &mut DbConn, token_hash: &[u8], now: DateTime<Utc>) -
 }
 
 /// Deletes ceremonies that expired before `before` (housekeeping).
-pub fn purge_expired_ceremonies(conn: &mut DbConn, before: DateTime<Utc>) -> StoreResult<usize> {
-    Ok(diesel::delete(pc::table.filter(pc::expires_at.le(ms(before)))).execute(conn)?)
+/// At most `limit` rows, one batch (the caller repeats until fewer come back, so that no
+/// statement deletes, locks or logs much at once).
+pub fn purge_expired_ceremonies(conn: &mut DbConn, before: DateTime<Utc>, limit: i64) -> StoreResult<usize> {
+    let expired = diesel::alias!(crate::schema::passkey_ceremonies as expired);
+    let batch = expired.filter(expired.field(pc::expires_at).le(ms(before))).select(expired.field(pc::id)).limit(limit);
+    Ok(diesel::delete(pc::table.filter(pc::id.eq_any(batch))).execute(conn)?)
 }

@@ -157,19 +157,22 @@ pub fn delete(conn: &mut DbConn, id: WebhookId) -> StoreResult<bool> {
 
 /// The statement that creates the webhook deliveries of the audit events returned by the
 /// CTE `audit` (`id, tenant_id, kind, at`) on Postgres: one per enabled endpoint of the
-/// event's tenant that subscribes to its kind. Shared by [`audit::insert_all`]
+/// event's tenant that subscribes to its kind; returns their `id`s (for the request to queue
+/// at once, the sweep being the fallback). Shared by [`audit::insert_all`]
 /// (super::audit::insert_all) and the one-statement TOTP sign-in.
 pub(crate) const PG_FAN_OUT: &str = "INSERT INTO deliveries \
     (id, tenant_id, kind, state, attempts, next_attempt_at, lease_until, webhook_id, event_id, created_at, updated_at) \
     SELECT gen_random_uuid()::text, a.tenant_id, 'webhook', 'pending', 0, a.at, 0, wh.id, a.id, a.at, a.at \
     FROM audit a JOIN webhooks wh ON wh.tenant_id = a.tenant_id AND wh.enabled \
-    AND (wh.events = '*' OR strpos(wh.events, ',' || a.kind || ',') > 0)";
+    AND (wh.events = '*' OR strpos(wh.events, ',' || a.kind || ',') > 0) \
+    RETURNING id";
 
 /// Creates the webhook deliveries of `events`, just written (SQLite; on Postgres the audit
 /// statement does it): one per enabled endpoint of the event's tenant subscribed to its kind,
-/// due at once (the sweep queues it).
-pub fn fan_out(conn: &mut DbConn, events: &[AuditEvent]) -> StoreResult<usize> {
-    let mut created = 0;
+/// due at once. Returns their ids (the request queues them when it is done; the sweep is the
+/// fallback).
+pub fn fan_out(conn: &mut DbConn, events: &[AuditEvent]) -> StoreResult<Vec<DeliveryId>> {
+    let mut created = Vec::new();
     for e in events {
         let needle = format!(",{},", e.kind.as_str());
         let hooks: Vec<String> = w::table
@@ -179,9 +182,10 @@ pub fn fan_out(conn: &mut DbConn, events: &[AuditEvent]) -> StoreResult<usize> {
             .select(w::id)
             .load(conn)?;
         for hook in hooks {
+            let id = DeliveryId::new();
             diesel::insert_into(d::table)
                 .values((
-                    d::id.eq(DeliveryId::new().to_string()),
+                    d::id.eq(id.to_string()),
                     d::tenant_id.eq(e.tenant_id.to_string()),
                     d::kind.eq(DeliveryKind::Webhook.as_str()),
                     d::state.eq(DeliveryState::Pending.as_str()),
@@ -194,7 +198,7 @@ pub fn fan_out(conn: &mut DbConn, events: &[AuditEvent]) -> StoreResult<usize> {
                     d::updated_at.eq(ms(e.at)),
                 ))
                 .execute(conn)?;
-            created += 1;
+            created.push(id);
         }
     }
     Ok(created)

@@ -206,34 +206,86 @@ pub struct Purged {
     pub passkey_ceremonies: usize,
 }
 
+impl Purged {
+    fn counts(&self) -> [usize; 7] {
+        [
+            self.sessions,
+            self.challenges,
+            self.email_codes,
+            self.deliveries,
+            self.signin_attempts,
+            self.trusted_devices,
+            self.passkey_ceremonies,
+        ]
+    }
+
+    /// The largest count of one table.
+    fn largest(&self) -> usize {
+        self.counts().into_iter().max().unwrap_or(0)
+    }
+
+    fn add(&mut self, round: &Purged) {
+        self.sessions += round.sessions;
+        self.challenges += round.challenges;
+        self.email_codes += round.email_codes;
+        self.deliveries += round.deliveries;
+        self.signin_attempts += round.signin_attempts;
+        self.trusted_devices += round.trusted_devices;
+        self.passkey_ceremonies += round.passkey_ceremonies;
+    }
+}
+
 impl Service {
     /// Deletes rows nothing can use any more: expired sessions, long-expired challenges,
     /// email codes that have left both their lifetime and the send window, old finished
     /// deliveries, password attempt logs whose attempts have all left the window, long-expired
     /// trusted devices. Safe to run from every process at any time.
+    ///
+    /// In rounds of at most `LATCHKEY_PURGE_BATCH` rows per table, each its own short
+    /// statement, `LATCHKEY_PURGE_PAUSE_MS` apart, until a round finds less than a batch
+    /// anywhere: a million expired rows never make one long delete whose WAL stalls the
+    /// sign-ins committing meanwhile (issue 17's scale phase). Returns the totals.
     pub async fn purge(&self, now: chrono::DateTime<chrono::Utc>) -> Result<Purged> {
         let keep_codes = self.limits.email_otp_window.max(self.limits.email_otp_ttl).max(self.limits.email_otp_resend);
         let day = chrono::Duration::days(1);
         let window = self.limits.signin_window;
-        Ok(self
-            .store
-            .run(move |c| {
-                use latchkey_store::repo::{challenges, deliveries, email_codes, sessions, signin, trusted_devices};
-                Ok(Purged {
-                    sessions: sessions::purge_expired(c, now)?
-                        + latchkey_store::repo::handoff_codes::purge_expired(c, now)?,
-                    challenges: challenges::purge_expired(c, now - day)?,
-                    email_codes: email_codes::purge_before(c, now - keep_codes)?,
-                    deliveries: deliveries::purge_before(
-                        c,
-                        now - day,
-                        now - chrono::Duration::days(WEBHOOK_HISTORY_DAYS),
-                    )?,
-                    signin_attempts: signin::purge_before(c, now - window)?,
-                    trusted_devices: trusted_devices::purge_expired(c, now - day)?,
-                    passkey_ceremonies: latchkey_store::repo::webauthn::purge_expired_ceremonies(c, now - day)?,
+        let batch = i64::from(self.server.purge_batch.max(1));
+        let mut total = Purged::default();
+        loop {
+            let round = self
+                .store
+                .run(move |c| {
+                    use latchkey_store::repo::{
+                        challenges, deliveries, email_codes, sessions, signin, trusted_devices,
+                    };
+                    Ok(Purged {
+                        sessions: sessions::purge_expired(c, now, batch)?
+                            + latchkey_store::repo::handoff_codes::purge_expired(c, now, batch)?,
+                        challenges: challenges::purge_expired(c, now - day, batch)?,
+                        email_codes: email_codes::purge_before(c, now - keep_codes, batch)?,
+                        deliveries: deliveries::purge_before(
+                            c,
+                            now - day,
+                            now - chrono::Duration::days(WEBHOOK_HISTORY_DAYS),
+                            batch,
+                        )?,
+                        signin_attempts: signin::purge_before(c, now - window, batch)?,
+                        trusted_devices: trusted_devices::purge_expired(c, now - day, batch)?,
+                        passkey_ceremonies: latchkey_store::repo::webauthn::purge_expired_ceremonies(
+                            c,
+                            now - day,
+                            batch,
+                        )?,
+                    })
                 })
-            })
-            .await?)
+                .await?;
+            total.add(&round);
+            // A table's count can reach twice the batch (two deletes share a field): any
+            // count of a batch or more means there may be more.
+            if i64::try_from(round.largest()).unwrap_or(i64::MAX) < batch {
+                return Ok(total);
+            }
+            tokio::time::sleep(self.server.purge_pause).await;
+        }
     }
 }

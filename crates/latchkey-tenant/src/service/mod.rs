@@ -153,14 +153,18 @@ pub struct ServerSettings {
     /// How long a delivery pushed to the queue counts as in flight before the sweep takes it
     /// for lost and queues it again (`LATCHKEY_DELIVERY_REQUEUE_MS`).
     pub delivery_requeue: chrono::Duration,
-    /// How long an email change waits for the notice to the old address to go out before it
-    /// answers (`LATCHKEY_NOTICE_WAIT_MS`).
+    /// How long an answer waits for the notices of what it did to go out
+    /// (`LATCHKEY_NOTICE_WAIT_MS`).
     pub notice_wait: std::time::Duration,
     /// The webhook URL and address rules (`LATCHKEY_WEBHOOK_ALLOW_HTTP`,
     /// `LATCHKEY_WEBHOOK_ALLOW_PRIVATE`, DESIGN.md 5.6).
     pub webhook_policy: latchkey_core::webhook::UrlPolicy,
     /// Most webhook endpoints one tenant may have (`LATCHKEY_WEBHOOKS_PER_TENANT`).
     pub webhooks_per_tenant: u32,
+    /// Most rows of one table one purge statement deletes (`LATCHKEY_PURGE_BATCH`).
+    pub purge_batch: u32,
+    /// The pause between two purge rounds (`LATCHKEY_PURGE_PAUSE_MS`).
+    pub purge_pause: std::time::Duration,
 }
 
 impl ServerSettings {
@@ -174,6 +178,8 @@ impl ServerSettings {
             notice_wait: std::time::Duration::from_millis(config.notice_wait_ms),
             webhook_policy: config.webhook_policy(),
             webhooks_per_tenant: config.webhooks_per_tenant,
+            purge_batch: config.purge_batch,
+            purge_pause: std::time::Duration::from_millis(config.purge_pause_ms),
         }
     }
 }
@@ -512,7 +518,10 @@ impl Service {
         subject: Option<UserId>,
         events: [(AuditKind, Value); N],
     ) -> StoreResult<()> {
-        latchkey_store::repo::audit::insert_all(conn, &Service::new_audit_events(ctx, tenant, actor, subject, events))
+        let events = Service::new_audit_events(ctx, tenant, actor, subject, events);
+        let hooks = latchkey_store::repo::audit::insert_all(conn, &events)?;
+        ctx.notices.push(hooks, false);
+        Ok(())
     }
 
     /// Audit events of one actor and subject at `ctx.now`, not yet stored.

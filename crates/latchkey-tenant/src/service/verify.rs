@@ -167,7 +167,8 @@ impl Service {
     ) -> StoreResult<IssuedSession> {
         challenges::end(conn, sign_in.challenge.id, ctx.now)?;
         let (token, session) = self.issue_session(conn, user, true, ctx.now)?;
-        audit::insert_all(conn, events)?;
+        let hooks = audit::insert_all(conn, events)?;
+        ctx.notices.push(hooks, false);
         self.metrics.otp_verifications.with_label_values(&[sign_in.metric, "success"]).inc();
         let view = match sign_in.enrolled {
             Some(enrolled) => UserView::new(user, enrolled),

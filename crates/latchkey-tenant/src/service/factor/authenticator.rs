@@ -173,9 +173,11 @@ impl Service {
                     session_token_hash: &token_hash,
                     audit: &audit,
                 };
-                if totp_sign_in::commit(c, &sign_in)? != TotpSignInOutcome::Committed {
+                let (outcome, hooks) = totp_sign_in::commit(c, &sign_in)?;
+                if outcome != TotpSignInOutcome::Committed {
                     return Ok(None);
                 }
+                ctx.notices.push(hooks, false);
                 svc.metrics.otp_verifications.with_label_values(&[method.as_str(), "success"]).inc();
                 if !user.preferred_chosen {
                     user.preferred = Some(method);
