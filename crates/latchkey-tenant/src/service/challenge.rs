@@ -14,6 +14,9 @@ use serde_json::json;
 use super::{RequestCtx, Service};
 use crate::error::{Error, Result};
 
+/// A query finding the open challenge of a token hash at an instant (with what else it reads).
+type FindOpen<T> = fn(&mut DbConn, &[u8], DateTime<Utc>) -> StoreResult<Option<T>>;
+
 /// An open challenge with its user and tenant (the tenant through its actor).
 pub(super) struct Located {
     pub challenge: Challenge,
@@ -70,7 +73,7 @@ impl Service {
         &self,
         token: &str,
         now: DateTime<Utc>,
-        find: fn(&mut DbConn, &[u8], DateTime<Utc>) -> StoreResult<Option<T>>,
+        find: FindOpen<T>,
     ) -> Result<Option<T>> {
         let hashes = self.keys.token_hashes(TokenPurpose::Challenge, token);
         let found = self
