@@ -272,7 +272,7 @@ fn bulk_load(conn: &mut PgConnection, sizes: &Sizes, b: &Bases, hash: &str) -> B
         &format!("{t} tenants"),
         &format!(
             "INSERT INTO tenants (id, slug, name, two_factor_enabled, methods_admin, methods_supervisor, methods_agent, created_at, updated_at)
-             SELECT {}, 'scale-' || k, 'Scale ' || k, false, 3, 3, 3, {t0}, {t0} FROM generate_series(0, {}) k",
+             SELECT {}, 'scale-' || k, 'Scale ' || k, false, 3, 3, 3, {t0}, {t0} FROM generate_series(0::bigint, {}) k",
             b.tenant_id("k"),
             t - 1,
             t0 = b.tenants
@@ -283,7 +283,7 @@ fn bulk_load(conn: &mut PgConnection, sizes: &Sizes, b: &Bases, hash: &str) -> B
         format!(
             "INSERT INTO users (id, tenant_id, email, name, role, password_hash, otp_failures, created_at, updated_at)
              SELECT {}, {}, 'u' || n || '@scale.bench.test', 'Scale User', 'agent', {hash}, 0, {u0}, {u0}
-             FROM generate_series({lo}, {hi}) n",
+             FROM generate_series({lo}::bigint, {hi}) n",
             b.user_id("n"),
             b.tenant_id(&format!("n % {t}")),
             u0 = b.users
@@ -302,18 +302,18 @@ fn bulk_load(conn: &mut PgConnection, sizes: &Sizes, b: &Bases, hash: &str) -> B
              SELECT bench_uuid7(g.m, g.n), {}, g.m, {uid}, {uid}, 'signed_in', '127.0.0.1', 'latchkey-bench/scale',
                     '{{\"second_factor\":true,\"method\":\"authenticator\"}}'
              FROM (SELECT n, {a0} + n * {step} AS m, CASE WHEN n % {hot} = 0 THEN 0 ELSE n % {t} END AS k
-                   FROM generate_series({lo}, {hi}) n) g",
+                   FROM generate_series({lo}::bigint, {hi}) n) g",
             b.tenant_id("g.k"),
             uid = b.user_id(&user),
             a0 = b.audit,
             step = b.audit_step
         )
     })?;
-    let vacuum = timed(
-        conn,
-        "VACUUM ANALYZE",
-        "VACUUM ANALYZE tenants; VACUUM ANALYZE users; VACUUM ANALYZE sessions; VACUUM ANALYZE audit_events; ANALYZE",
-    )?;
+    // One statement each: VACUUM cannot run in the implicit transaction of a batch.
+    let mut vacuum = 0.0;
+    for table in ["tenants", "users", "sessions", "audit_events"] {
+        vacuum += timed(conn, &format!("VACUUM ANALYZE {table}"), &format!("VACUUM ANALYZE {table}"))?;
+    }
     Ok(json!({
         "tenants_s": tenants, "users_s": users, "sessions_s": sessions, "audit_s": audit, "vacuum_analyze_s": vacuum,
         "hot_tenant_events": sizes.audit.div_ceil(hot),
@@ -326,7 +326,7 @@ fn sessions_sql(b: &Bases, t: usize, u: usize, lo: usize, hi: usize, created: i6
     format!(
         "INSERT INTO sessions (id, token_hash, tenant_id, user_id, created_at, expires_at, second_factor_at)
          SELECT bench_uuid7({s0} + n, n), sha256(('scale-s' || n)::bytea), {}, {}, {created}, {expires}, NULL
-         FROM generate_series({lo}, {hi}) n",
+         FROM generate_series({lo}::bigint, {hi}) n",
         b.tenant_id(&format!("(n % {u}) % {t}")),
         b.user_id(&format!("n % {u}")),
         s0 = b.sessions
@@ -350,7 +350,7 @@ fn load_expired(conn: &mut PgConnection, sizes: &Sizes, b: &Bases) -> BenchResul
                                      pending_secret, created_at, expires_at, ended_at)
              SELECT bench_uuid7({c0} + n, n), sha256(('scale-c' || n)::bytea), {}, {}, 'sign_in', 'verify', 1, NULL,
                     NULL, {created}, {expires}, CASE WHEN n % 2 = 0 THEN {ended} END
-             FROM generate_series({lo}, {hi}) n",
+             FROM generate_series({lo}::bigint, {hi}) n",
             b.tenant_id(&format!("(n % {u}) % {t}")),
             b.user_id(&format!("n % {u}")),
             c0 = b.challenges,
@@ -520,12 +520,17 @@ impl Samples {
         let deletes: Vec<Value> = self
             .deletes
             .iter()
-            .map(|(q, (a, b, n))| json!({"statement": q, "first_seen_ms": ms(*a), "last_seen_ms": ms(*b), "samples": n}))
+            .map(
+                |(q, (a, b, n))| json!({"statement": q, "first_seen_ms": ms(*a), "last_seen_ms": ms(*b), "samples": n}),
+            )
             .collect();
         let mut slow: Vec<(&String, &(usize, i64))> = self.slow.iter().collect();
-        slow.sort_by(|a, b| b.1.1.cmp(&a.1.1));
-        let slow: Vec<Value> =
-            slow.iter().take(20).map(|(q, (n, max))| json!({"statement": q, "samples": n, "longest_ms": max})).collect();
+        slow.sort_by_key(|s| std::cmp::Reverse(s.1.1));
+        let slow: Vec<Value> = slow
+            .iter()
+            .take(20)
+            .map(|(q, (n, max))| json!({"statement": q, "samples": n, "longest_ms": max}))
+            .collect();
         json!({
             "samples": self.samples,
             "interval_ms": SAMPLE_EVERY.as_millis(),
@@ -714,7 +719,10 @@ impl Bench {
         // The big service's next housekeeping is 10 minutes after its start: the expired rows
         // must be loaded and purged (by another process) before then.
         if started.elapsed() > Duration::from_secs(420) {
-            eprintln!("scale: the big pass took {} s; the purge may overlap the periodic one", started.elapsed().as_secs());
+            eprintln!(
+                "scale: the big pass took {} s; the purge may overlap the periodic one",
+                started.elapsed().as_secs()
+            );
         }
         let purge = self.scale_purge(conn, svc, probes, sizes, bases, big.step).await?;
         Ok((big, samples, audit, purge))
@@ -743,7 +751,8 @@ impl Bench {
     async fn scale_audit(&mut self, svc: &Process, token: &str, n: usize) -> BenchResult<Value> {
         let host = svc.addr.to_string();
         let page = |cursor: Option<&str>| {
-            let path = cursor.map_or_else(|| "/api/v1/audit-events".to_owned(), |c| format!("/api/v1/audit-events?cursor={c}"));
+            let path = cursor
+                .map_or_else(|| "/api/v1/audit-events".to_owned(), |c| format!("/api/v1/audit-events?cursor={c}"));
             get(&host, &path, Some(token))
         };
         let mut c = http::Conn::connect(svc.addr).await?;
@@ -865,9 +874,10 @@ impl Bench {
                 Ok(addr) => env.serve(addr, 1).await,
                 Err(e) => Err(e),
             };
-            (process, started)
+            (process, started, Instant::now())
         };
-        let ((out, start), (purger, purger_started)) = tokio::join!(load::open(svc.addr, sizes.purge_rate, count, scen), purger);
+        let ((out, start), (purger, purger_started, purger_ready)) =
+            tokio::join!(load::open(svc.addr, sizes.purge_rate, count, scen), purger);
         // Let the purge finish (each DELETE is one statement; the counts drop at its commit).
         let until = Instant::now() + Duration::from_secs(600);
         let mut after = expired_counts(conn, cutoff)?;
@@ -885,21 +895,31 @@ impl Bench {
         // purge statement was seen running.
         let window = samples.purge_window();
         let (mut during, mut outside) = (Vec::new(), Vec::new());
+        let mut by_second: Vec<Vec<Duration>> = Vec::new();
         for (i, d) in done.iter().enumerate() {
             let Some(&d) = d.get() else { continue };
             #[allow(clippy::cast_precision_loss)]
             let at = start + Duration::from_secs_f64(i as f64 / sizes.purge_rate);
             let latency = d.saturating_duration_since(at);
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+            let second = (i as f64 / sizes.purge_rate) as usize;
+            if by_second.len() <= second {
+                by_second.resize_with(second + 1, Vec::new);
+            }
+            by_second[second].push(latency);
             match window {
                 Some((w0, w1)) if at <= w1 && d >= w0 => during.push(latency),
                 _ => outside.push(latency),
             }
         }
         let (during, outside) = (stats::summarize(during), stats::summarize(outside));
+        let p99_by_second: Vec<f64> =
+            by_second.into_iter().map(|l| stats::round3(stats::summarize(l).p99_ms)).collect();
         let purged = (before.0 - after.0, before.1 - after.1);
         let purge_secs = window.map(|(a, b)| secs(b.saturating_duration_since(a)));
         #[allow(clippy::cast_precision_loss)]
-        let per_second = purge_secs.map(|s| stats::round3((purged.0 + purged.1) as f64 / s.max(SAMPLE_EVERY.as_secs_f64())));
+        let per_second =
+            purge_secs.map(|s| stats::round3((purged.0 + purged.1) as f64 / s.max(SAMPLE_EVERY.as_secs_f64())));
         // Rows each sign-in leaves for a later purge: its challenge and its session.
         let creation = 2.0 * sizes.purge_rate;
         if out.errors > 0 || signed.errors > 0 {
@@ -925,6 +945,8 @@ impl Bench {
             "creation_rows_per_second": creation,
             "keeps_up": per_second.map(|p| p >= creation && after.0 == 0 && after.1 == 0),
             "purger_started_ms": stats::round3(purger_started.saturating_duration_since(start).as_secs_f64() * 1000.0),
+            "purger_ready_ms": stats::round3(purger_ready.saturating_duration_since(start).as_secs_f64() * 1000.0),
+            "p99_ms_by_second": p99_by_second,
             "purge_done_ms": stats::round3(purged_at.saturating_duration_since(start).as_secs_f64() * 1000.0),
             "during_purge": during.json(),
             "outside_purge": outside.json(),
