@@ -59,6 +59,8 @@ use crate::{Bench, BenchResult, current_step, expect_status, scenario, unix_ms};
 pub const PAGE_SIZE: usize = 50;
 /// How deep the deep page is (page 100: 99 cursors followed).
 pub const DEPTH: usize = 100;
+/// The mark of the harness's own statements during a measurement (the sampler skips them).
+const OWN: &str = "/* latchkey-bench */";
 /// How often the side connection samples `pg_stat_activity`.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 /// A statement running at least this long when sampled is reported as slow.
@@ -365,8 +367,8 @@ fn load_expired(conn: &mut PgConnection, sizes: &Sizes, b: &Bases) -> BenchResul
 /// Expired rows the purge deletes: sessions expired at `now`, challenges expired a day before.
 fn expired_counts(conn: &mut PgConnection, now: i64) -> BenchResult<(i64, i64)> {
     Ok((
-        scalar(conn, &format!("SELECT count(*) AS n FROM sessions WHERE expires_at <= {now}"))?,
-        scalar(conn, &format!("SELECT count(*) AS n FROM challenges WHERE expires_at <= {}", now - DAY_MS))?,
+        scalar(conn, &format!("{OWN} SELECT count(*) AS n FROM sessions WHERE expires_at <= {now}"))?,
+        scalar(conn, &format!("{OWN} SELECT count(*) AS n FROM challenges WHERE expires_at <= {}", now - DAY_MS))?,
     ))
 }
 
@@ -444,7 +446,8 @@ const SAMPLE_SQL: &str = "SELECT coalesce(a.wait_event_type, '') AS wait_type, c
     coalesce(a.wait_event_type = 'Lock' AND EXISTS (
         SELECT 1 FROM pg_stat_activity b WHERE b.pid = ANY (pg_blocking_pids(a.pid)) AND b.query ILIKE 'DELETE%'), false) AS by_delete
 FROM pg_stat_activity a
-WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.state = 'active'";
+WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.state = 'active'
+  AND a.query NOT LIKE '/* latchkey-bench */%'";
 
 /// What the sampler saw.
 #[derive(Debug, Default)]
@@ -907,16 +910,22 @@ impl Bench {
                 by_second.resize_with(second + 1, Vec::new);
             }
             by_second[second].push(latency);
+            // "Outside": before the purge began (after it, the backlog it left drains).
             match window {
                 Some((w0, w1)) if at <= w1 && d >= w0 => during.push(latency),
-                _ => outside.push(latency),
+                Some((w0, _)) if d < w0 => outside.push(latency),
+                Some(_) => {}
+                None => outside.push(latency),
             }
         }
         let (during, outside) = (stats::summarize(during), stats::summarize(outside));
         let p99_by_second: Vec<f64> =
             by_second.into_iter().map(|l| stats::round3(stats::summarize(l).p99_ms)).collect();
         let purged = (before.0 - after.0, before.1 - after.1);
-        let purge_secs = window.map(|(a, b)| secs(b.saturating_duration_since(a)));
+        // A purge no sample caught took less than one sample interval.
+        let purge_secs = window
+            .map(|(a, b)| secs(b.saturating_duration_since(a)))
+            .or_else(|| (purged.0 + purged.1 > 0).then(|| SAMPLE_EVERY.as_secs_f64()));
         #[allow(clippy::cast_precision_loss)]
         let per_second =
             purge_secs.map(|s| stats::round3((purged.0 + purged.1) as f64 / s.max(SAMPLE_EVERY.as_secs_f64())));
@@ -948,8 +957,8 @@ impl Bench {
             "purger_ready_ms": stats::round3(purger_ready.saturating_duration_since(start).as_secs_f64() * 1000.0),
             "p99_ms_by_second": p99_by_second,
             "purge_done_ms": stats::round3(purged_at.saturating_duration_since(start).as_secs_f64() * 1000.0),
-            "during_purge": during.json(),
-            "outside_purge": outside.json(),
+            "during_purge": if during.count > 0 { during.json() } else { Value::Null },
+            "before_purge": outside.json(),
             "sampler": samples.json(start),
         }))
     }
