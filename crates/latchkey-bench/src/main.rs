@@ -17,6 +17,9 @@
 //!    server's acceptance, with lost and duplicated messages counted;
 //! 5. tenant actors: resident memory per idle actor after touching many tenants, and the cost
 //!    of starting one;
+//! 6. scale (`scale.rs`): sign-in and verify on small tables, then on a million users, ten
+//!    million audit events and a million sessions bulk-loaded; the audit log's first page and
+//!    page 100; the purge of expired rows during 1,000 verifications per second, its lock waits;
 //!
 //! then prints a table with the ratios and targets and writes the figures as JSON to
 //! `target/bench/`. The load generator is this crate's own (`load.rs`): a closed loop over a
@@ -27,6 +30,7 @@ mod http;
 mod limits;
 mod load;
 mod report;
+mod scale;
 mod service;
 mod smtp;
 mod stats;
@@ -72,7 +76,16 @@ usage: cargo run --release -p latchkey-bench -- [options]
   --email-rate R        email sends per second                      [200]
   --email-secs S        duration of the email phase                 [30]
   --tenants N           tenants touched in the actor phase          [100000]
-  --phases LIST         comma-separated subset of l1,l2,l3,verify,signin,email,recovery,actors [all]
+  --scale-users N       scale phase: bulk-loaded users              [1000000]
+  --scale-tenants N     scale phase: tenants they are spread over   [10000]
+  --scale-audit N       scale phase: bulk-loaded audit events       [10000000]
+  --scale-sessions N    scale phase: bulk-loaded open sessions      [1000000]
+  --scale-expired N     scale phase: expired sessions (and challenges) to purge [1000000]
+  --scale-probe-users N scale phase: users whose sign-in and verify are measured [20000]
+  --scale-purge-rate R  scale phase: verifications per second during the purge [1000]
+  --scale-purge-secs S  scale phase: duration of that open loop     [20]
+  --scale-audit-requests N  scale phase: requests of audit page 1, and of page 100 [500]
+  --phases LIST         comma-separated subset of l1,l2,l3,verify,signin,email,recovery,actors,scale [all]
   --rust-log FILTER     RUST_LOG of the service                     [info]
   --env KEY=VALUE       an extra variable for the service (repeatable), e.g. LATCHKEY_DB_POOL_SIZE=8
   --profile PHASE       record `perf` (system-wide) during that phase into target/bench/
@@ -100,6 +113,7 @@ struct Opts {
     email_rate: f64,
     email_secs: u64,
     tenants: usize,
+    scale: scale::Sizes,
     phases: Vec<String>,
     rust_log: String,
     env: Vec<(String, String)>,
@@ -128,7 +142,10 @@ impl Default for Opts {
             email_rate: 200.0,
             email_secs: 30,
             tenants: 100_000,
-            phases: ["l1", "l2", "l3", "verify", "signin", "email", "recovery", "actors"].map(String::from).to_vec(),
+            scale: scale::Sizes::default(),
+            phases: ["l1", "l2", "l3", "verify", "signin", "email", "recovery", "actors", "scale"]
+                .map(String::from)
+                .to_vec(),
             rust_log: "info".into(),
             env: Vec::new(),
             profile: None,
@@ -165,6 +182,7 @@ impl Opts {
                 "--email-rate" => o.email_rate = num(flag, value()?)?,
                 "--email-secs" => o.email_secs = num(flag, value()?)?,
                 "--tenants" => o.tenants = num::<usize>(flag, value()?)?.max(2),
+                f if f.starts_with("--scale-") => o.scale.set(f, &value()?)?,
                 "--phases" => o.phases = value()?.split(',').map(|s| s.trim().to_owned()).collect(),
                 "--rust-log" => o.rust_log = value()?,
                 "--env" => {
@@ -205,6 +223,7 @@ impl Opts {
             "email_rate": self.email_rate,
             "email_secs": self.email_secs,
             "tenants": self.tenants,
+            "scale": self.scale.json(),
             "phases": self.phases,
             "rust_log": self.rust_log,
             "latchkey": self.latchkey.as_ref().map(|p| p.display().to_string()),
@@ -474,6 +493,9 @@ impl Bench {
         result?;
         if self.opts.runs("actors") {
             self.actors(&mut conn, &cheap).await?;
+        }
+        if self.opts.runs("scale") {
+            self.scale(&mut conn, &cheap).await?;
         }
         Ok(())
     }

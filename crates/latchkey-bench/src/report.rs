@@ -106,6 +106,18 @@ fn targets(r: &Map<String, Value>) -> Vec<Target> {
     let recovery = ratio(f(&r, &["recovery", "verify", "per_second"]), verify);
     let l1v_l1 = ratio(l1v, l1);
     let signin_l3 = ratio(signin, l3);
+    let scale = |p: &[&str]| {
+        let mut path = vec!["scale"];
+        path.extend_from_slice(p);
+        f(&r, &path)
+    };
+    let (scale_signin, scale_verify) = (scale(&["signin_ratio"]), scale(&["verify_ratio"]));
+    let (audit_first, audit_deep) =
+        (scale(&["audit", "first_page", "p99_ms"]), scale(&["audit", "deep_page", "p99_ms"]));
+    let purge_ratio = ratio(scale(&["purge", "purge_rows_per_second"]), scale(&["purge", "creation_rows_per_second"]));
+    let keeps_up = r["scale"]["purge"]["keeps_up"].as_bool();
+    let blocked = scale(&["purge", "sampler", "blocked_by_delete"]);
+    let reached = ratio(scale(&["purge", "reached_per_second"]), scale(&["purge", "rate"]));
     vec![
         Target {
             name: "verify / L1",
@@ -164,6 +176,62 @@ fn targets(r: &Map<String, Value>) -> Vec<Target> {
             unit: "KiB",
             goal: "< 4 KiB",
             holds: actor.map(|x| x < 4.0),
+        },
+        Target {
+            name: "scale: sign-in big / small tables",
+            value: scale_signin,
+            unit: "",
+            goal: ">= 0.8",
+            holds: scale_signin.map(|x| x >= 0.8),
+        },
+        Target {
+            name: "scale: TOTP verify big / small tables",
+            value: scale_verify,
+            unit: "",
+            goal: ">= 0.8",
+            holds: scale_verify.map(|x| x >= 0.8),
+        },
+        Target {
+            name: "scale: audit-events page 1 p99",
+            value: audit_first,
+            unit: "ms",
+            goal: "< 20 ms",
+            holds: audit_first.map(|x| x < 20.0),
+        },
+        Target {
+            name: "scale: audit-events page 100 p99",
+            value: audit_deep,
+            unit: "ms",
+            goal: "< 20 ms",
+            holds: audit_deep.map(|x| x < 20.0),
+        },
+        Target {
+            name: "scale: purged rows/s / rows created/s",
+            value: purge_ratio,
+            unit: "",
+            goal: ">= 1, none left",
+            holds: purge_ratio.and(keeps_up),
+        },
+        Target {
+            name: "scale: sign-ins waiting on the purge",
+            value: blocked,
+            unit: "",
+            goal: "= 0",
+            holds: blocked.map(|x| x == 0.0),
+        },
+        Target {
+            name: "scale: verify p99 during purge / before",
+            value: ratio(scale(&["purge", "during_purge", "p99_ms"]), scale(&["purge", "before_purge", "p99_ms"])),
+            unit: "",
+            goal: "(reported)",
+            holds: None,
+        },
+        Target {
+            name: "scale: open-loop rate reached / asked",
+            value: reached,
+            unit: "",
+            goal: ">= 0.95",
+            holds: reached.map(|x| x >= 0.95),
         },
     ]
 }
@@ -313,6 +381,7 @@ pub fn table(machine: &Value, r: &Map<String, Value>) -> String {
             ),
         );
     }
+    scale_rows(&mut row, &v);
     let _ = writeln!(out, "\n  {:<38} {:>10}  {:<12} holds", "target", "value", "goal");
     for t in targets(r) {
         let value = match t.value {
@@ -323,9 +392,100 @@ pub fn table(machine: &Value, r: &Map<String, Value>) -> String {
         let holds = match t.holds {
             Some(true) => "yes",
             Some(false) => "NO",
+            // No value: its phase did not run.
+            None if t.value.is_none() => "skipped",
             None => "",
         };
         let _ = writeln!(out, "  {:<38} {:>10}  {:<12} {holds}", t.name, value, t.goal);
     }
     out
+}
+
+/// The rows of the scale phase (`results["scale"]`), or one row saying it was skipped.
+fn scale_rows(row: &mut impl FnMut(&str, String), v: &Value) {
+    let s = &v["scale"];
+    if s.is_null() {
+        row("scale (big tables)", "skipped".into());
+        return;
+    }
+    let g = |p: &[&str]| {
+        let mut path = vec!["scale"];
+        path.extend_from_slice(p);
+        f(v, &path)
+    };
+    let z = &s["sizes"];
+    row(
+        "scale: bulk load",
+        format!(
+            "{} users / {} tenants / {} audit events / {} sessions in {} s, database {} GiB",
+            z["users"],
+            z["tenants"],
+            z["audit"],
+            z["sessions"],
+            num(g(&["load", "secs"]), 1),
+            num(g(&["load", "disk", "database_bytes"]).map(|b| b / 1_073_741_824.0), 2)
+        ),
+    );
+    for (name, key) in [("sign-in (cheap hash)", "signin"), ("TOTP verify", "verify")] {
+        row(
+            &format!("scale: {name}, small → big"),
+            format!(
+                "{} → {} req/s  p99 {} → {} ms  ({} users)",
+                num(g(&["small", key, "per_second"]), 0),
+                num(g(&["big", key, "per_second"]), 0),
+                num(g(&["small", key, "latency", "p99_ms"]), 2),
+                num(g(&["big", key, "latency", "p99_ms"]), 2),
+                z["probe_users"]
+            ),
+        );
+    }
+    for (name, key) in [("page 1", "first_page"), ("page 100 (cursor)", "deep_page")] {
+        row(
+            &format!("scale: GET audit-events {name}"),
+            format!(
+                "p50 {} ms  p99 {} ms  (sequential, {} per page)",
+                num(g(&["audit", key, "p50_ms"]), 2),
+                num(g(&["audit", key, "p99_ms"]), 2),
+                s["audit"]["page_size"]
+            ),
+        );
+    }
+    // A purge seen in one sample only lasted at most one sample interval.
+    let bound = if g(&["purge", "purge_secs"]).is_some_and(|x| x <= 0.051) { "<=" } else { "" };
+    row(
+        "scale: purge during verify open loop",
+        format!(
+            "{} rows in {}{} s ({}{} rows/s); asked {}/s, reached {}/s; left {} sessions, {} challenges",
+            s["purge"]["purged"],
+            bound,
+            num(g(&["purge", "purge_secs"]), 2),
+            if bound.is_empty() { "" } else { ">" },
+            num(g(&["purge", "purge_rows_per_second"]), 0),
+            s["purge"]["rate"],
+            num(g(&["purge", "reached_per_second"]), 0),
+            s["purge"]["expired_after"]["sessions"],
+            s["purge"]["expired_after"]["challenges"]
+        ),
+    );
+    row(
+        "  verify during purge / before it",
+        format!(
+            "p99 {} / {} ms  (n {} / {})  errors {}",
+            num(g(&["purge", "during_purge", "p99_ms"]), 2),
+            num(g(&["purge", "before_purge", "p99_ms"]), 2),
+            s["purge"]["during_purge"]["count"],
+            s["purge"]["before_purge"]["count"],
+            s["purge"]["verify"]["errors"]
+        ),
+    );
+    row(
+        "  lock waits (pg_stat_activity / 50 ms)",
+        format!(
+            "max {} waiting; {} of {} samples with a waiter; {} blocked by the purge",
+            s["purge"]["sampler"]["max_lock_waiters"],
+            s["purge"]["sampler"]["samples_with_lock_waiter"],
+            s["purge"]["sampler"]["samples"],
+            s["purge"]["sampler"]["blocked_by_delete"]
+        ),
+    );
 }
