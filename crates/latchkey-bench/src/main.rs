@@ -17,6 +17,8 @@
 //!    server's acceptance, with lost and duplicated messages counted;
 //! 5. tenant actors: resident memory per idle actor after touching many tenants, and the cost
 //!    of starting one;
+//! 6. webhook fan-out: TOTP sign-ins at a fixed rate, each `signed_in` event delivered to a
+//!    local receiver: event → receiver latency, lost, doubled, badly signed (`webhooks.rs`);
 //!
 //! then prints a table with the ratios and targets and writes the figures as JSON to
 //! `target/bench/`. The load generator is this crate's own (`load.rs`): a closed loop over a
@@ -26,10 +28,12 @@ mod db;
 mod http;
 mod limits;
 mod load;
+mod receiver;
 mod report;
 mod service;
 mod smtp;
 mod stats;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -71,8 +75,11 @@ usage: cargo run --release -p latchkey-bench -- [options]
   --probe-rate R        /healthz requests per second meanwhile      [50]
   --email-rate R        email sends per second                      [200]
   --email-secs S        duration of the email phase                 [30]
+  --webhook-rate R      sign-ins (webhook events) per second        [500]
+  --webhook-secs S      duration of the webhook phase               [10]
   --tenants N           tenants touched in the actor phase          [100000]
-  --phases LIST         comma-separated subset of l1,l2,l3,verify,signin,email,recovery,actors [all]
+  --phases LIST         comma-separated subset of l1,l2,l3,verify,signin,email,recovery,
+                        webhooks,actors [all]
   --rust-log FILTER     RUST_LOG of the service                     [info]
   --env KEY=VALUE       an extra variable for the service (repeatable), e.g. LATCHKEY_DB_POOL_SIZE=8
   --profile PHASE       record `perf` (system-wide) during that phase into target/bench/
@@ -99,6 +106,8 @@ struct Opts {
     probe_rate: f64,
     email_rate: f64,
     email_secs: u64,
+    webhook_rate: f64,
+    webhook_secs: u64,
     tenants: usize,
     phases: Vec<String>,
     rust_log: String,
@@ -127,8 +136,12 @@ impl Default for Opts {
             probe_rate: 50.0,
             email_rate: 200.0,
             email_secs: 30,
+            webhook_rate: 500.0,
+            webhook_secs: 10,
             tenants: 100_000,
-            phases: ["l1", "l2", "l3", "verify", "signin", "email", "recovery", "actors"].map(String::from).to_vec(),
+            phases: ["l1", "l2", "l3", "verify", "signin", "email", "recovery", "webhooks", "actors"]
+                .map(String::from)
+                .to_vec(),
             rust_log: "info".into(),
             env: Vec::new(),
             profile: None,
@@ -164,6 +177,8 @@ impl Opts {
                 "--probe-rate" => o.probe_rate = num(flag, value()?)?,
                 "--email-rate" => o.email_rate = num(flag, value()?)?,
                 "--email-secs" => o.email_secs = num(flag, value()?)?,
+                "--webhook-rate" => o.webhook_rate = num::<f64>(flag, value()?)?.max(1.0),
+                "--webhook-secs" => o.webhook_secs = num(flag, value()?)?,
                 "--tenants" => o.tenants = num::<usize>(flag, value()?)?.max(2),
                 "--phases" => o.phases = value()?.split(',').map(|s| s.trim().to_owned()).collect(),
                 "--rust-log" => o.rust_log = value()?,
@@ -204,6 +219,8 @@ impl Opts {
             "probe_rate": self.probe_rate,
             "email_rate": self.email_rate,
             "email_secs": self.email_secs,
+            "webhook_rate": self.webhook_rate,
+            "webhook_secs": self.webhook_secs,
             "tenants": self.tenants,
             "phases": self.phases,
             "rust_log": self.rust_log,
@@ -357,6 +374,10 @@ async fn run(opts: Opts) -> BenchResult<bool> {
         // Every request of the benchmark comes from 127.0.0.1: the per-IP limit of
         // unauthenticated requests (600/min by default) would otherwise be the bottleneck.
         ("LATCHKEY_SIGNIN_PER_IP_PER_MINUTE".into(), "100000000".into()),
+        // The webhook phase's receiver is http://127.0.0.1 (DESIGN.md 5.6: these only widen
+        // what may be registered).
+        ("LATCHKEY_WEBHOOK_ALLOW_HTTP".into(), "true".into()),
+        ("LATCHKEY_WEBHOOK_ALLOW_PRIVATE".into(), "true".into()),
         ("RUST_LOG".into(), opts.rust_log.clone()),
     ];
     let mut vars = vars;
@@ -465,11 +486,12 @@ impl Bench {
         let signin = self.load_signin_users(&mut conn, &real, now)?;
         let email = self.load_email_users(&mut conn, &cheap, now)?;
         let recovery = self.load_recovery_users(&mut conn, &cheap, now)?;
+        let hooks = self.load_webhook_users(&mut conn, &cheap, now)?;
         limits::prepare_l1(&mut conn)?;
         eprintln!("loaded in {:.1} s", t0.elapsed().as_secs_f64());
 
         let svc = self.env.serve(service::free_addr()?, self.opts.http_workers).await?;
-        let result = self.service_phases(&svc, verify, signin, email, recovery).await;
+        let result = self.service_phases(&svc, verify, signin, email, recovery, hooks).await;
         svc.stop();
         result?;
         if self.opts.runs("actors") {
@@ -485,6 +507,7 @@ impl Bench {
         signin: Vec<String>,
         email: Vec<String>,
         recovery: RecoveryUsers,
+        hooks: webhooks::WebhookUsers,
     ) -> BenchResult<()> {
         if self.opts.runs("l1") {
             eprintln!("L1: pgbench…");
@@ -550,6 +573,9 @@ impl Bench {
         // as strangers.
         if self.opts.runs("recovery") {
             self.recovery(svc, recovery).await?;
+        }
+        if self.opts.runs("webhooks") {
+            self.webhooks(svc, hooks).await?;
         }
         Ok(())
     }
