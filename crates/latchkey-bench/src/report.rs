@@ -314,7 +314,7 @@ pub fn table(machine: &Value, r: &Map<String, Value>) -> String {
     if r.contains_key("webhooks") {
         let w = &v["webhooks"];
         row(
-            &format!("webhook fan-out: TOTP verify at {}/s", w["rate"]),
+            &format!("webhook fan-out: verify at {}/s", num(f(&v, &["webhooks", "rate"]), 0)),
             format!(
                 "{}  errors {}  ({} endpoints)",
                 lat(&["webhooks", "verify"]),
