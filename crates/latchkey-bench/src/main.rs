@@ -20,6 +20,8 @@
 //! 6. scale (`scale.rs`): sign-in and verify on small tables, then on a million users, ten
 //!    million audit events and a million sessions bulk-loaded; the audit log's first page and
 //!    page 100; the purge of expired rows during 1,000 verifications per second, its lock waits;
+//! 7. webhook fan-out: TOTP sign-ins at a fixed rate, each `signed_in` event delivered to a
+//!    local receiver: event → receiver latency, lost, doubled, badly signed (`webhooks.rs`);
 //!
 //! then prints a table with the ratios and targets and writes the figures as JSON to
 //! `target/bench/`. The load generator is this crate's own (`load.rs`): a closed loop over a
@@ -29,11 +31,13 @@ mod db;
 mod http;
 mod limits;
 mod load;
+mod receiver;
 mod report;
 mod scale;
 mod service;
 mod smtp;
 mod stats;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -75,6 +79,8 @@ usage: cargo run --release -p latchkey-bench -- [options]
   --probe-rate R        /healthz requests per second meanwhile      [50]
   --email-rate R        email sends per second                      [200]
   --email-secs S        duration of the email phase                 [30]
+  --webhook-rate R      sign-ins (webhook events) per second        [500]
+  --webhook-secs S      duration of the webhook phase               [10]
   --tenants N           tenants touched in the actor phase          [100000]
   --scale-users N       scale phase: bulk-loaded users              [1000000]
   --scale-tenants N     scale phase: tenants they are spread over   [10000]
@@ -85,7 +91,8 @@ usage: cargo run --release -p latchkey-bench -- [options]
   --scale-purge-rate R  scale phase: verifications per second during the purge [1000]
   --scale-purge-secs S  scale phase: duration of that open loop     [20]
   --scale-audit-requests N  scale phase: requests of audit page 1, and of page 100 [500]
-  --phases LIST         comma-separated subset of l1,l2,l3,verify,signin,email,recovery,actors,scale [all]
+  --phases LIST         comma-separated subset of l1,l2,l3,verify,signin,email,recovery,
+                        webhooks,actors,scale [all]
   --rust-log FILTER     RUST_LOG of the service                     [info]
   --env KEY=VALUE       an extra variable for the service (repeatable), e.g. LATCHKEY_DB_POOL_SIZE=8
   --profile PHASE       record `perf` (system-wide) during that phase into target/bench/
@@ -112,6 +119,8 @@ struct Opts {
     probe_rate: f64,
     email_rate: f64,
     email_secs: u64,
+    webhook_rate: f64,
+    webhook_secs: u64,
     tenants: usize,
     scale: scale::Sizes,
     phases: Vec<String>,
@@ -141,9 +150,11 @@ impl Default for Opts {
             probe_rate: 50.0,
             email_rate: 200.0,
             email_secs: 30,
+            webhook_rate: 500.0,
+            webhook_secs: 10,
             tenants: 100_000,
             scale: scale::Sizes::default(),
-            phases: ["l1", "l2", "l3", "verify", "signin", "email", "recovery", "actors", "scale"]
+            phases: ["l1", "l2", "l3", "verify", "signin", "email", "recovery", "webhooks", "actors", "scale"]
                 .map(String::from)
                 .to_vec(),
             rust_log: "info".into(),
@@ -181,6 +192,8 @@ impl Opts {
                 "--probe-rate" => o.probe_rate = num(flag, value()?)?,
                 "--email-rate" => o.email_rate = num(flag, value()?)?,
                 "--email-secs" => o.email_secs = num(flag, value()?)?,
+                "--webhook-rate" => o.webhook_rate = num::<f64>(flag, value()?)?.max(1.0),
+                "--webhook-secs" => o.webhook_secs = num(flag, value()?)?,
                 "--tenants" => o.tenants = num::<usize>(flag, value()?)?.max(2),
                 f if f.starts_with("--scale-") => o.scale.set(f, &value()?)?,
                 "--phases" => o.phases = value()?.split(',').map(|s| s.trim().to_owned()).collect(),
@@ -222,6 +235,8 @@ impl Opts {
             "probe_rate": self.probe_rate,
             "email_rate": self.email_rate,
             "email_secs": self.email_secs,
+            "webhook_rate": self.webhook_rate,
+            "webhook_secs": self.webhook_secs,
             "tenants": self.tenants,
             "scale": self.scale.json(),
             "phases": self.phases,
@@ -376,6 +391,10 @@ async fn run(opts: Opts) -> BenchResult<bool> {
         // Every request of the benchmark comes from 127.0.0.1: the per-IP limit of
         // unauthenticated requests (600/min by default) would otherwise be the bottleneck.
         ("LATCHKEY_SIGNIN_PER_IP_PER_MINUTE".into(), "100000000".into()),
+        // The webhook phase's receiver is http://127.0.0.1 (DESIGN.md 5.6: these only widen
+        // what may be registered).
+        ("LATCHKEY_WEBHOOK_ALLOW_HTTP".into(), "true".into()),
+        ("LATCHKEY_WEBHOOK_ALLOW_PRIVATE".into(), "true".into()),
         ("RUST_LOG".into(), opts.rust_log.clone()),
     ];
     let mut vars = vars;
@@ -484,11 +503,12 @@ impl Bench {
         let signin = self.load_signin_users(&mut conn, &real, now)?;
         let email = self.load_email_users(&mut conn, &cheap, now)?;
         let recovery = self.load_recovery_users(&mut conn, &cheap, now)?;
+        let hooks = self.load_webhook_users(&mut conn, &cheap, now)?;
         limits::prepare_l1(&mut conn)?;
         eprintln!("loaded in {:.1} s", t0.elapsed().as_secs_f64());
 
         let svc = self.env.serve(service::free_addr()?, self.opts.http_workers).await?;
-        let result = self.service_phases(&svc, verify, signin, email, recovery).await;
+        let result = self.service_phases(&svc, verify, signin, email, recovery, hooks).await;
         svc.stop();
         result?;
         if self.opts.runs("actors") {
@@ -507,6 +527,7 @@ impl Bench {
         signin: Vec<String>,
         email: Vec<String>,
         recovery: RecoveryUsers,
+        hooks: webhooks::WebhookUsers,
     ) -> BenchResult<()> {
         if self.opts.runs("l1") {
             eprintln!("L1: pgbench…");
@@ -572,6 +593,9 @@ impl Bench {
         // as strangers.
         if self.opts.runs("recovery") {
             self.recovery(svc, recovery).await?;
+        }
+        if self.opts.runs("webhooks") {
+            self.webhooks(svc, hooks).await?;
         }
         Ok(())
     }

@@ -101,6 +101,17 @@ fn targets(r: &Map<String, Value>) -> Vec<Target> {
     let cheap = f(&r, &["signin", "cheap_endpoint", "latency", "p99_ms"]);
     let smtp_p99 = f(&r, &["email", "accept_to_smtp", "p99_ms"]);
     let actor = f(&r, &["actors", "per_actor_kib"]);
+    let hook_p99 = f(&r, &["webhooks", "event_to_receiver", "p99_ms"]);
+    // Judged at the rate only (a smaller run is reported, not judged); any delivery
+    // lost, doubled or badly signed misses it whatever the latency.
+    let hook_holds = hook_p99.and_then(|p99| {
+        let rate = f(&r, &["webhooks", "rate"])?;
+        let broken: f64 = ["lost", "duplicated", "redelivered_ids", "bad_signatures", "unexpected"]
+            .iter()
+            .map(|k| f(&r, &["webhooks", k]).unwrap_or(0.0))
+            .sum();
+        if broken > 0.0 { Some(false) } else { (rate >= 500.0).then_some(p99 < 250.0) }
+    });
     let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
     let verify_l1 = ratio(verify, l1);
     let recovery = ratio(f(&r, &["recovery", "verify", "per_second"]), verify);
@@ -169,6 +180,13 @@ fn targets(r: &Map<String, Value>) -> Vec<Target> {
             unit: "ms",
             goal: "< 100 ms",
             holds: smtp_p99.map(|x| x < 100.0),
+        },
+        Target {
+            name: "webhook event → receiver p99",
+            value: hook_p99,
+            unit: "ms",
+            goal: "< 250 ms at 500/s, none lost or doubled",
+            holds: hook_holds,
         },
         Target {
             name: "memory per idle tenant actor",
@@ -361,6 +379,41 @@ pub fn table(machine: &Value, r: &Map<String, Value>) -> String {
             ),
         );
     }
+    if r.contains_key("webhooks") {
+        let w = &v["webhooks"];
+        row(
+            &format!("webhook fan-out: verify at {}/s", num(f(&v, &["webhooks", "rate"]), 0)),
+            format!(
+                "{}  errors {}  ({} endpoints)",
+                lat(&["webhooks", "verify"]),
+                w["verify"]["errors"],
+                w["endpoints"]
+            ),
+        );
+        row(
+            "  event to receiver",
+            format!(
+                "p50 {} ms  p99 {} ms  max {} ms  first after {} ms",
+                num(f(&v, &["webhooks", "event_to_receiver", "p50_ms"]), 1),
+                num(f(&v, &["webhooks", "event_to_receiver", "p99_ms"]), 1),
+                num(f(&v, &["webhooks", "event_to_receiver", "max_ms"]), 1),
+                num(f(&v, &["webhooks", "first_delivery_ms"]), 0),
+            ),
+        );
+        row(
+            "  deliveries",
+            format!(
+                "delivered {}/{}  lost {}  duplicated {}  redelivered ids {}  bad signatures {}  unexpected {}",
+                w["delivered"],
+                w["expected"],
+                w["lost"],
+                w["duplicated"],
+                w["redelivered_ids"],
+                w["bad_signatures"],
+                w["unexpected"]
+            ),
+        );
+    }
     if r.contains_key("actors") {
         row(
             &format!("tenant actors ({} running)", v["actors"]["actors_running"]),
@@ -389,6 +442,7 @@ pub fn table(machine: &Value, r: &Map<String, Value>) -> String {
             Some(x) => format!("{x:.2} {}", t.unit),
             None => "-".into(),
         };
+        // No value: a phase it needs did not run (or the target is only reported).
         let holds = match t.holds {
             Some(true) => "yes",
             Some(false) => "NO",
