@@ -17,6 +17,9 @@
 //!    server's acceptance, with lost and duplicated messages counted;
 //! 5. tenant actors: resident memory per idle actor after touching many tenants, and the cost
 //!    of starting one;
+//! 6. passkey verify: users enrolled (through the API) with a software ES256 authenticator
+//!    verify a sign-in once each with an assertion (`passkey.rs`);
+//! 7. the hosted sign-in page `GET /ui/{tenant}/sign-in` under full load (`page.rs`);
 //!
 //! then prints a table with the ratios and targets and writes the figures as JSON to
 //! `target/bench/`. The load generator is this crate's own (`load.rs`): a closed loop over a
@@ -26,6 +29,8 @@ mod db;
 mod http;
 mod limits;
 mod load;
+mod page;
+mod passkey;
 mod report;
 mod service;
 mod smtp;
@@ -66,13 +71,15 @@ usage: cargo run --release -p latchkey-bench -- [options]
   --verify-users N      enrolled users of the TOTP phase            [20000]
   --verify-tenants N    tenants they are spread over                [8]
   --recovery-users N    users of the recovery-code phase (one code each) [5000]
+  --passkey-users N     users of the passkey phase (one ES256 passkey each) [5000]
   --signin-secs S       duration of the sign-in phase               [20]
   --signin-users N      users signing in, round robin               [512]
   --probe-rate R        /healthz requests per second meanwhile      [50]
   --email-rate R        email sends per second                      [200]
   --email-secs S        duration of the email phase                 [30]
   --tenants N           tenants touched in the actor phase          [100000]
-  --phases LIST         comma-separated subset of l1,l2,l3,verify,signin,email,recovery,actors [all]
+  --phases LIST         comma-separated subset of l1,l2,l3,verify,signin,email,recovery,passkey,
+                        page,actors [all]
   --rust-log FILTER     RUST_LOG of the service                     [info]
   --env KEY=VALUE       an extra variable for the service (repeatable), e.g. LATCHKEY_DB_POOL_SIZE=8
   --profile PHASE       record `perf` (system-wide) during that phase into target/bench/
@@ -94,6 +101,7 @@ struct Opts {
     verify_users: usize,
     verify_tenants: usize,
     recovery_users: usize,
+    passkey_users: usize,
     signin_secs: u64,
     signin_users: usize,
     probe_rate: f64,
@@ -122,13 +130,16 @@ impl Default for Opts {
             verify_users: 20_000,
             verify_tenants: 8,
             recovery_users: 5_000,
+            passkey_users: 5_000,
             signin_secs: 20,
             signin_users: 512,
             probe_rate: 50.0,
             email_rate: 200.0,
             email_secs: 30,
             tenants: 100_000,
-            phases: ["l1", "l2", "l3", "verify", "signin", "email", "recovery", "actors"].map(String::from).to_vec(),
+            phases: ["l1", "l2", "l3", "verify", "signin", "email", "recovery", "passkey", "page", "actors"]
+                .map(String::from)
+                .to_vec(),
             rust_log: "info".into(),
             env: Vec::new(),
             profile: None,
@@ -159,6 +170,7 @@ impl Opts {
                 "--verify-users" => o.verify_users = num(flag, value()?)?,
                 "--verify-tenants" => o.verify_tenants = num::<usize>(flag, value()?)?.max(1),
                 "--recovery-users" => o.recovery_users = num::<usize>(flag, value()?)?.max(1),
+                "--passkey-users" => o.passkey_users = num::<usize>(flag, value()?)?.max(1),
                 "--signin-secs" => o.signin_secs = num(flag, value()?)?,
                 "--signin-users" => o.signin_users = num::<usize>(flag, value()?)?.max(1),
                 "--probe-rate" => o.probe_rate = num(flag, value()?)?,
@@ -199,6 +211,7 @@ impl Opts {
             "verify_users": self.verify_users,
             "verify_tenants": self.verify_tenants,
             "recovery_users": self.recovery_users,
+            "passkey_users": self.passkey_users,
             "signin_secs": self.signin_secs,
             "signin_users": self.signin_users,
             "probe_rate": self.probe_rate,
@@ -357,6 +370,9 @@ async fn run(opts: Opts) -> BenchResult<bool> {
         // Every request of the benchmark comes from 127.0.0.1: the per-IP limit of
         // unauthenticated requests (600/min by default) would otherwise be the bottleneck.
         ("LATCHKEY_SIGNIN_PER_IP_PER_MINUTE".into(), "100000000".into()),
+        // The relying party of the passkey phase (the default, the listen address, is an IP).
+        ("LATCHKEY_WEBAUTHN_RP_ID".into(), passkey::RP_ID.into()),
+        ("LATCHKEY_WEBAUTHN_ORIGINS".into(), passkey::ORIGIN.into()),
         ("RUST_LOG".into(), opts.rust_log.clone()),
     ];
     let mut vars = vars;
@@ -465,11 +481,13 @@ impl Bench {
         let signin = self.load_signin_users(&mut conn, &real, now)?;
         let email = self.load_email_users(&mut conn, &cheap, now)?;
         let recovery = self.load_recovery_users(&mut conn, &cheap, now)?;
+        let passkeys = self.load_passkey_users(&mut conn, &cheap, now)?;
+        page::load_tenant(self, &mut conn, now)?;
         limits::prepare_l1(&mut conn)?;
         eprintln!("loaded in {:.1} s", t0.elapsed().as_secs_f64());
 
         let svc = self.env.serve(service::free_addr()?, self.opts.http_workers).await?;
-        let result = self.service_phases(&svc, verify, signin, email, recovery).await;
+        let result = self.service_phases(&svc, verify, signin, email, recovery, passkeys).await;
         svc.stop();
         result?;
         if self.opts.runs("actors") {
@@ -485,6 +503,7 @@ impl Bench {
         signin: Vec<String>,
         email: Vec<String>,
         recovery: RecoveryUsers,
+        passkeys: passkey::PasskeyUsers,
     ) -> BenchResult<()> {
         if self.opts.runs("l1") {
             eprintln!("L1: pgbench…");
@@ -509,6 +528,10 @@ impl Bench {
             .await;
             hello.stop();
             self.results.insert("l2".into(), out.json());
+        }
+        // Next to L2, which it is compared with.
+        if self.opts.runs("page") {
+            self.page(svc).await?;
         }
         // L3 is measured next to the sign-in phase (just before and just after it), since that
         // is what it is compared with and the machine's speed drifts.
@@ -550,6 +573,10 @@ impl Bench {
         // as strangers.
         if self.opts.runs("recovery") {
             self.recovery(svc, recovery).await?;
+        }
+        // After the email phase too: each enrollment sends a notice.
+        if self.opts.runs("passkey") {
+            self.passkey(svc, passkeys).await?;
         }
         Ok(())
     }
