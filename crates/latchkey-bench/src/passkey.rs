@@ -28,7 +28,7 @@ use crate::{Bench, BenchResult, expect_status, load, scenario, sign_in_body};
 
 // The tests' software authenticator, shared rather than copied: test code, which unwraps (the
 // calls below hand it only options whose fields were checked first).
-#[allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 #[path = "../../../tests/it/softauthn.rs"]
 mod softauthn;
 
