@@ -22,6 +22,9 @@
 //!    page 100; the purge of expired rows during 1,000 verifications per second, its lock waits;
 //! 7. webhook fan-out: TOTP sign-ins at a fixed rate, each `signed_in` event delivered to a
 //!    local receiver: event → receiver latency, lost, doubled, badly signed (`webhooks.rs`);
+//! 8. passkey verify: users enrolled (through the API) with a software ES256 authenticator
+//!    verify a sign-in once each with an assertion (`passkey.rs`);
+//! 9. the hosted sign-in page `GET /ui/{tenant}/sign-in` under full load (`page.rs`);
 //!
 //! then prints a table with the ratios and targets and writes the figures as JSON to
 //! `target/bench/`. The load generator is this crate's own (`load.rs`): a closed loop over a
@@ -31,6 +34,8 @@ mod db;
 mod http;
 mod limits;
 mod load;
+mod page;
+mod passkey;
 mod receiver;
 mod report;
 mod scale;
@@ -74,6 +79,7 @@ usage: cargo run --release -p latchkey-bench -- [options]
   --verify-users N      enrolled users of the TOTP phase            [20000]
   --verify-tenants N    tenants they are spread over                [8]
   --recovery-users N    users of the recovery-code phase (one code each) [5000]
+  --passkey-users N     users of the passkey phase (one ES256 passkey each) [5000]
   --signin-secs S       duration of the sign-in phase               [20]
   --signin-users N      users signing in, round robin               [512]
   --probe-rate R        /healthz requests per second meanwhile      [50]
@@ -92,7 +98,7 @@ usage: cargo run --release -p latchkey-bench -- [options]
   --scale-purge-secs S  scale phase: duration of that open loop     [20]
   --scale-audit-requests N  scale phase: requests of audit page 1, and of page 100 [500]
   --phases LIST         comma-separated subset of l1,l2,l3,verify,signin,email,recovery,
-                        webhooks,actors,scale [all]
+                        webhooks,passkey,page,actors,scale [all]
   --rust-log FILTER     RUST_LOG of the service                     [info]
   --env KEY=VALUE       an extra variable for the service (repeatable), e.g. LATCHKEY_DB_POOL_SIZE=8
   --profile PHASE       record `perf` (system-wide) during that phase into target/bench/
@@ -114,6 +120,7 @@ struct Opts {
     verify_users: usize,
     verify_tenants: usize,
     recovery_users: usize,
+    passkey_users: usize,
     signin_secs: u64,
     signin_users: usize,
     probe_rate: f64,
@@ -145,6 +152,7 @@ impl Default for Opts {
             verify_users: 20_000,
             verify_tenants: 8,
             recovery_users: 5_000,
+            passkey_users: 5_000,
             signin_secs: 20,
             signin_users: 512,
             probe_rate: 50.0,
@@ -154,9 +162,12 @@ impl Default for Opts {
             webhook_secs: 10,
             tenants: 100_000,
             scale: scale::Sizes::default(),
-            phases: ["l1", "l2", "l3", "verify", "signin", "email", "recovery", "webhooks", "actors", "scale"]
-                .map(String::from)
-                .to_vec(),
+            phases: [
+                "l1", "l2", "l3", "verify", "signin", "email", "recovery", "webhooks", "passkey", "page", "actors",
+                "scale",
+            ]
+            .map(String::from)
+            .to_vec(),
             rust_log: "info".into(),
             env: Vec::new(),
             profile: None,
@@ -187,6 +198,7 @@ impl Opts {
                 "--verify-users" => o.verify_users = num(flag, value()?)?,
                 "--verify-tenants" => o.verify_tenants = num::<usize>(flag, value()?)?.max(1),
                 "--recovery-users" => o.recovery_users = num::<usize>(flag, value()?)?.max(1),
+                "--passkey-users" => o.passkey_users = num::<usize>(flag, value()?)?.max(1),
                 "--signin-secs" => o.signin_secs = num(flag, value()?)?,
                 "--signin-users" => o.signin_users = num::<usize>(flag, value()?)?.max(1),
                 "--probe-rate" => o.probe_rate = num(flag, value()?)?,
@@ -230,6 +242,7 @@ impl Opts {
             "verify_users": self.verify_users,
             "verify_tenants": self.verify_tenants,
             "recovery_users": self.recovery_users,
+            "passkey_users": self.passkey_users,
             "signin_secs": self.signin_secs,
             "signin_users": self.signin_users,
             "probe_rate": self.probe_rate,
@@ -395,6 +408,9 @@ async fn run(opts: Opts) -> BenchResult<bool> {
         // what may be registered).
         ("LATCHKEY_WEBHOOK_ALLOW_HTTP".into(), "true".into()),
         ("LATCHKEY_WEBHOOK_ALLOW_PRIVATE".into(), "true".into()),
+        // The relying party of the passkey phase (the default, the listen address, is an IP).
+        ("LATCHKEY_WEBAUTHN_RP_ID".into(), passkey::RP_ID.into()),
+        ("LATCHKEY_WEBAUTHN_ORIGINS".into(), passkey::ORIGIN.into()),
         ("RUST_LOG".into(), opts.rust_log.clone()),
     ];
     let mut vars = vars;
@@ -499,16 +515,20 @@ impl Bench {
             .map_err(|e| e.to_string())?;
         let real =
             PasswordHasher::new(PasswordParams::default()).and_then(|h| h.hash(PASSWORD)).map_err(|e| e.to_string())?;
-        let verify = self.load_verify_users(&mut conn, &cheap, now)?;
-        let signin = self.load_signin_users(&mut conn, &real, now)?;
-        let email = self.load_email_users(&mut conn, &cheap, now)?;
-        let recovery = self.load_recovery_users(&mut conn, &cheap, now)?;
-        let hooks = self.load_webhook_users(&mut conn, &cheap, now)?;
+        let users = Loaded {
+            verify: self.load_verify_users(&mut conn, &cheap, now)?,
+            signin: self.load_signin_users(&mut conn, &real, now)?,
+            email: self.load_email_users(&mut conn, &cheap, now)?,
+            recovery: self.load_recovery_users(&mut conn, &cheap, now)?,
+            hooks: self.load_webhook_users(&mut conn, &cheap, now)?,
+            passkeys: self.load_passkey_users(&mut conn, &cheap, now)?,
+        };
+        page::load_tenant(self, &mut conn, now)?;
         limits::prepare_l1(&mut conn)?;
         eprintln!("loaded in {:.1} s", t0.elapsed().as_secs_f64());
 
         let svc = self.env.serve(service::free_addr()?, self.opts.http_workers).await?;
-        let result = self.service_phases(&svc, verify, signin, email, recovery, hooks).await;
+        let result = self.service_phases(&svc, users).await;
         svc.stop();
         result?;
         if self.opts.runs("actors") {
@@ -520,15 +540,8 @@ impl Bench {
         Ok(())
     }
 
-    async fn service_phases(
-        &mut self,
-        svc: &Process,
-        verify: VerifyUsers,
-        signin: Vec<String>,
-        email: Vec<String>,
-        recovery: RecoveryUsers,
-        hooks: webhooks::WebhookUsers,
-    ) -> BenchResult<()> {
+    async fn service_phases(&mut self, svc: &Process, users: Loaded) -> BenchResult<()> {
+        let Loaded { verify, signin, email, recovery, hooks, passkeys } = users;
         if self.opts.runs("l1") {
             eprintln!("L1: pgbench…");
             let r = limits::pgbench(&self.scratch.url, 16, self.opts.limit_secs, &self.dir, "l1", limits::L1_SCRIPT)?;
@@ -552,6 +565,10 @@ impl Bench {
             .await;
             hello.stop();
             self.results.insert("l2".into(), out.json());
+        }
+        // Next to L2, which it is compared with.
+        if self.opts.runs("page") {
+            self.page(svc).await?;
         }
         // L3 is measured next to the sign-in phase (just before and just after it), since that
         // is what it is compared with and the machine's speed drifts.
@@ -596,6 +613,10 @@ impl Bench {
         }
         if self.opts.runs("webhooks") {
             self.webhooks(svc, hooks).await?;
+        }
+        // After the email phase too: each enrollment sends a notice.
+        if self.opts.runs("passkey") {
+            self.passkey(svc, passkeys).await?;
         }
         Ok(())
     }
@@ -1116,6 +1137,16 @@ impl Bench {
         );
         Ok(())
     }
+}
+
+/// The users every phase of the one service process loaded (empty for phases that do not run).
+struct Loaded {
+    verify: VerifyUsers,
+    signin: Vec<String>,
+    email: Vec<String>,
+    recovery: RecoveryUsers,
+    hooks: webhooks::WebhookUsers,
+    passkeys: passkey::PasskeyUsers,
 }
 
 /// The users of the recovery-code phase: their sign-in bodies and recovery codes.

@@ -115,6 +115,8 @@ fn targets(r: &Map<String, Value>) -> Vec<Target> {
     let ratio = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
     let verify_l1 = ratio(verify, l1);
     let recovery = ratio(f(&r, &["recovery", "verify", "per_second"]), verify);
+    let passkey = ratio(f(&r, &["passkey", "verify", "per_second"]), verify);
+    let page_l2 = ratio(f(&r, &["page", "get", "per_second"]), l2);
     let l1v_l1 = ratio(l1v, l1);
     let signin_l3 = ratio(signin, l3);
     let scale = |p: &[&str]| {
@@ -158,6 +160,20 @@ fn targets(r: &Map<String, Value>) -> Vec<Target> {
             unit: "",
             goal: ">= 0.8",
             holds: recovery.map(|x| x >= 0.8),
+        },
+        Target {
+            name: "passkey verify / TOTP verify",
+            value: passkey,
+            unit: "",
+            goal: ">= 0.8",
+            holds: passkey.map(|x| x >= 0.8),
+        },
+        Target {
+            name: "hosted sign-in page / L2",
+            value: page_l2,
+            unit: "",
+            goal: ">= 0.5",
+            holds: page_l2.map(|x| x >= 0.5),
         },
         Target {
             name: "L1v / L1 (statement-shape bound)",
@@ -345,6 +361,30 @@ pub fn table(machine: &Value, r: &Map<String, Value>) -> String {
                 num(f(&v, &["recovery", "verify", "per_second"]), 0),
                 lat(&["recovery", "verify"]),
                 v["recovery"]["verify"]["errors"]
+            ),
+        );
+    }
+    if r.contains_key("passkey") {
+        row(
+            &format!("passkey verify ({} users, ES256)", v["passkey"]["users"]),
+            format!(
+                "{} req/s  {}  errors {} (setup {})",
+                num(f(&v, &["passkey", "verify", "per_second"]), 0),
+                lat(&["passkey", "verify"]),
+                v["passkey"]["verify"]["errors"],
+                v["passkey"]["setup_errors"]
+            ),
+        );
+    }
+    if r.contains_key("page") {
+        row(
+            "GET /ui/{tenant}/sign-in (HTML)",
+            format!(
+                "{} req/s  {}  errors {}  {} bytes",
+                num(f(&v, &["page", "get", "per_second"]), 0),
+                lat(&["page", "get"]),
+                v["page"]["get"]["errors"],
+                v["page"]["bytes"]
             ),
         );
     }
