@@ -167,8 +167,9 @@ impl Bench {
     }
 
     /// Waits (at most 60 s) until the SMTP sink has had no new message for a second, then
-    /// empties it: the enrollment notices are delivered before the measured loop.
-    async fn drain_notices(&self) {
+    /// empties it: the notices of the earlier phases or of the setup (enrollments, recovery
+    /// codes used) are delivered before a measured loop, which would otherwise queue behind them.
+    pub(crate) async fn drain_notices(&self) {
         let until = Instant::now() + Duration::from_secs(60);
         let mut seen = self.sink.count();
         let mut quiet_since = Instant::now();

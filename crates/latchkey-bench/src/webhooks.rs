@@ -222,6 +222,9 @@ impl Bench {
         let ready: Vec<usize> = (0..tokens.len()).filter(|&i| tokens[i].get().is_some()).collect();
         // Request i is user ready[i]: the map from a delivery's user to its request.
         let index: HashMap<&str, usize> = ready.iter().enumerate().map(|(i, &u)| (users.ids[u].as_str(), i)).collect();
+        // The worker's queue is shared with mail: the notices of earlier phases (the recovery
+        // codes used, which their answers no longer wait for) go out first.
+        self.drain_notices().await;
         eprintln!("webhooks: {} verifications at {rate}/s…", ready.len());
         // Deliveries of anything before (none are expected: the endpoints take only `signed_in`).
         let before = receiver.take();
