@@ -308,6 +308,20 @@ fn expect_status(response: &Response, status: u16) -> Result<(), String> {
     }
 }
 
+/// An answer that completed a sign-in: 200 with a session.
+fn expect_session(response: &Response) -> Result<(), String> {
+    expect_status(response, 200)?;
+    if response.json()["authentication_token"].is_string() { Ok(()) } else { Err("no session".into()) }
+}
+
+/// `POST /api/v1/auth/2fa/verify` of challenge `token` with the code of `secret` in the
+/// current time step.
+fn totp_verify_request(host: &str, token: &str, secret: &TotpSecret) -> Vec<u8> {
+    let code = secret.code_at_step(current_step());
+    let body = format!(r#"{{"challenge_token":"{token}","method":"authenticator","code":"{code}"}}"#);
+    post_json(host, "/api/v1/auth/2fa/verify", &body)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("hello") {
@@ -790,14 +804,9 @@ impl Bench {
                 move |i| {
                     let user = *ready.get(i)?;
                     let token = tokens[user].get()?;
-                    let code = secrets[user].code_at_step(current_step());
-                    let body = format!(r#"{{"challenge_token":"{token}","method":"authenticator","code":"{code}"}}"#);
-                    Some(post_json(&host, "/api/v1/auth/2fa/verify", &body))
+                    Some(totp_verify_request(&host, token, &secrets[user]))
                 },
-                |_, r| {
-                    expect_status(r, 200)?;
-                    if r.json()["authentication_token"].is_string() { Ok(()) } else { Err("no session".into()) }
-                },
+                |_, r| expect_session(r),
             ),
             None,
         )
@@ -870,10 +879,7 @@ impl Bench {
                     let body = format!(r#"{{"challenge_token":"{token}","method":"recovery_code","code":"{code}"}}"#);
                     Some(post_json(&host, "/api/v1/auth/2fa/verify", &body))
                 },
-                |_, r| {
-                    expect_status(r, 200)?;
-                    if r.json()["authentication_token"].is_string() { Ok(()) } else { Err("no session".into()) }
-                },
+                |_, r| expect_session(r),
             ),
             None,
         )
@@ -898,13 +904,7 @@ impl Bench {
         let host = Self::addr_host(svc);
         let requests: Vec<Vec<u8>> = bodies.iter().map(|b| post_json(&host, "/api/v1/auth", b)).collect();
         let n = requests.len();
-        let signin = scenario(
-            move |i| Some(requests[i % n].clone()),
-            |_, r| {
-                expect_status(r, 200)?;
-                if r.json()["authentication_token"].is_string() { Ok(()) } else { Err("no session".into()) }
-            },
-        );
+        let signin = scenario(move |i| Some(requests[i % n].clone()), |_, r| expect_session(r));
         let probe_req = get(&host, "/healthz", None);
         let probe = scenario(move |_| Some(probe_req.clone()), |_, r| expect_status(r, 200));
         let secs = self.opts.signin_secs;

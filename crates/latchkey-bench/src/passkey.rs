@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use crate::db::{TenantRow, UserRow};
 use crate::http::post_json;
 use crate::service::Process;
-use crate::{Bench, BenchResult, expect_status, load, scenario, sign_in_body};
+use crate::{Bench, BenchResult, expect_session, expect_status, load, scenario, sign_in_body};
 
 // The tests' software authenticator, shared rather than copied: test code, which unwraps (the
 // calls below hand it only options whose fields were checked first).
@@ -245,10 +245,7 @@ impl Bench {
             self.opts.connections,
             scenario(
                 move |i| assertions.get(i).map(|body| post_json(&host, "/api/v1/auth/2fa/verify", body)),
-                |_, r| {
-                    expect_status(r, 200)?;
-                    if r.json()["authentication_token"].is_string() { Ok(()) } else { Err("no session".into()) }
-                },
+                |_, r| expect_session(r),
             ),
             None,
         )

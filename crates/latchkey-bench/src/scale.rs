@@ -49,11 +49,11 @@ use latchkey_core::totp::TotpSecret;
 use serde_json::{Value, json};
 
 use crate::db::{self, SessionRow, UserRow, text};
-use crate::http::{self, Response, get, post_json};
+use crate::http::{self, Response, get};
 use crate::load::{self, Outcome, Scenario};
 use crate::service::{self, Process};
 use crate::stats::{self, Summary};
-use crate::{Bench, BenchResult, current_step, expect_status, scenario, unix_ms};
+use crate::{Bench, BenchResult, current_step, expect_status, scenario, totp_verify_request, unix_ms};
 
 /// The API's default page size (`GET /api/v1/audit-events` without `limit`, DESIGN.md).
 pub const PAGE_SIZE: usize = 50;
@@ -993,9 +993,7 @@ fn verify_scenario(
         move |i| {
             let user = *ready.get(i)?;
             let token = tokens[user].get()?;
-            let code = secrets[user].code_at_step(current_step());
-            let body = format!(r#"{{"challenge_token":"{token}","method":"authenticator","code":"{code}"}}"#);
-            Some(post_json(&host, "/api/v1/auth/2fa/verify", &body))
+            Some(totp_verify_request(&host, token, &secrets[user]))
         },
         move |i, r| {
             if let Some(d) = done.as_ref().and_then(|d| d.get(i)) {

@@ -34,10 +34,10 @@ use latchkey_core::totp::TotpSecret;
 use serde_json::{Value, json};
 
 use crate::db::{self, UserRow};
-use crate::http::{Conn, get, post_json};
+use crate::http::{Conn, get};
 use crate::receiver::{Arrival, Receiver, secret_bytes, signature_holds};
 use crate::service::Process;
-use crate::{Bench, BenchResult, current_step, expect_status, load, scenario, stats};
+use crate::{Bench, BenchResult, expect_session, expect_status, load, scenario, stats, totp_verify_request};
 
 /// Longest wait for deliveries still owed after the last request.
 const STRAGGLERS: Duration = Duration::from_secs(60);
@@ -236,14 +236,9 @@ impl Bench {
             move |i| {
                 let user = *order.get(i)?;
                 let token = tokens[user].get()?;
-                let code = secrets[user].code_at_step(current_step());
-                let body = format!(r#"{{"challenge_token":"{token}","method":"authenticator","code":"{code}"}}"#);
-                Some(post_json(&host, "/api/v1/auth/2fa/verify", &body))
+                Some(totp_verify_request(&host, token, &secrets[user]))
             },
-            |_, r| {
-                expect_status(r, 200)?;
-                if r.json()["authentication_token"].is_string() { Ok(()) } else { Err("no session".into()) }
-            },
+            |_, r| expect_session(r),
         );
         let profiler = self.profile("webhooks", svc);
         let (sent, start) = load::open(svc.addr, rate, requests, verify).await;
