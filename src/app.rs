@@ -195,9 +195,11 @@ impl Core {
     /// batches ([`Service::purge`]).
     pub fn spawn_housekeeping(&self, service: Service) {
         let clock = self.clock.clone();
-        let interval = Duration::from_secs(self.config.purge_interval_secs.max(1));
+        let interval = Duration::from_secs(self.config.purge_interval_secs);
         actix_rt::spawn(async move {
             let mut every = actix_rt::time::interval(interval);
+            // A purge that took longer than the interval is not followed by a burst of them.
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
                 match service.purge(clock.now()).await {

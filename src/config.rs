@@ -104,6 +104,7 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
         ("LATCHKEY_DELIVERY_SWEEP_MS", c.delivery_sweep_ms),
         ("LATCHKEY_WEBHOOK_RETRY_INITIAL_MS", c.webhook_retry_initial_ms),
         ("LATCHKEY_WEBHOOK_RETRY_MAX_SECS", c.webhook_retry_max_secs),
+        ("LATCHKEY_PURGE_INTERVAL_SECS", c.purge_interval_secs),
     ] {
         if value == 0 {
             return Err(bad(key, "must be greater than 0"));
@@ -118,10 +119,16 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
         ("LATCHKEY_WORKER_CONCURRENCY", c.worker_concurrency),
         ("LATCHKEY_WEBHOOK_MAX_ATTEMPTS", c.webhook_max_attempts),
         ("LATCHKEY_WEBHOOKS_PER_TENANT", c.webhooks_per_tenant),
+        ("LATCHKEY_PURGE_BATCH", c.purge_batch),
     ] {
         if value == 0 {
             return Err(bad(key, "must be greater than 0"));
         }
+    }
+    // A pause longer than the interval would hold one purge past the next (and a huge one
+    // would stop housekeeping for good).
+    if c.purge_pause_ms > c.purge_interval_secs.saturating_mul(1000) {
+        return Err(bad("LATCHKEY_PURGE_PAUSE_MS", "must not exceed LATCHKEY_PURGE_INTERVAL_SECS"));
     }
     latchkey_core::password::PasswordHasher::new(c.password_params())
         .map(drop)

@@ -27,6 +27,9 @@ fn configuration_errors_name_the_key() {
         ("LATCHKEY_LISTEN", "not an address", "listen"),
         ("LATCHKEY_TRUSTED_PROXIES", "10.0.0.0/8, nonsense", "trusted_proxies"),
         ("LATCHKEY_OTP_MAX_FAILURES", "0", "LATCHKEY_OTP_MAX_FAILURES"),
+        ("LATCHKEY_PURGE_INTERVAL_SECS", "0", "LATCHKEY_PURGE_INTERVAL_SECS"),
+        ("LATCHKEY_PURGE_BATCH", "0", "LATCHKEY_PURGE_BATCH"),
+        ("LATCHKEY_PURGE_PAUSE_MS", "18446744073709551615", "LATCHKEY_PURGE_PAUSE_MS"),
     ] {
         let out = latchkey(dir.path(), &[(key, value)], &["config"]);
         let stderr = String::from_utf8_lossy(&out.stderr);

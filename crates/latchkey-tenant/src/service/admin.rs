@@ -249,7 +249,7 @@ impl Service {
         let keep_codes = self.limits.email_otp_window.max(self.limits.email_otp_ttl).max(self.limits.email_otp_resend);
         let day = chrono::Duration::days(1);
         let window = self.limits.signin_window;
-        let batch = i64::from(self.server.purge_batch.max(1));
+        let batch = i64::from(self.server.purge_batch.max(1)); // refused at 0 by the configuration
         let mut total = Purged::default();
         loop {
             let round = self
