@@ -101,6 +101,7 @@ impl Service {
             && loc.challenge.pending_secret.is_none()
             && loc.user.lockout.blocked(ctx.now).is_none()
             && let Some(code) = code
+            && let Some(enrollments) = enrollments
             && let Some(issued) = self.verify_totp_at_once(ctx, &loc, enrollments, code).await?
         {
             return Ok(issued);

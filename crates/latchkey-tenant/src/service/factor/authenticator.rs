@@ -129,16 +129,16 @@ impl SecondFactor for Authenticator {
 impl Service {
     /// The common case of sign-in verification with an authenticator on Postgres, in two
     /// round trips instead of about ten (the challenge with its user and `enrollments`, read
-    /// by [`Service::locate_with_enrollments`]; `None`: read here, one more): checks the code
-    /// (RFC 6238, ±1 step, above the last accepted step) and commits the whole sign-in in one
-    /// statement ([`totp_sign_in::commit`]), which rechecks the step the read saw. `None` when the code is not accepted or the statement
-    /// refused (blocked user, ended challenge, replayed step): the portable path then decides,
+    /// together by [`Service::locate_with_enrollments`], then this): checks the code (RFC
+    /// 6238, ±1 step, above the last accepted step) and commits the whole sign-in in one
+    /// statement ([`totp_sign_in::commit`]), which rechecks the step the read saw. `None`
+    /// when the code is not accepted or the statement refused (blocked user, ended challenge, replayed step): the portable path then decides,
     /// under the user's lock, and counts a wrong code.
     pub(in crate::service) async fn verify_totp_at_once(
         &self,
         ctx: &RequestCtx,
         loc: &Located,
-        enrollments: Option<Vec<Enrollment>>,
+        enrollments: Vec<Enrollment>,
         code: &str,
     ) -> Result<Option<IssuedSession>> {
         let svc = self.clone();
@@ -149,12 +149,8 @@ impl Service {
         let issued = self
             .store
             .run(move |c| {
-                let all = match enrollments {
-                    Some(all) => all,
-                    None => enrollments::for_user(c, user.id)?,
-                };
-                let enrolled: MethodSet = all.iter().map(|e| e.method).collect();
-                let Some(enrollment) = all.iter().find(|e| e.method == Method::Authenticator) else {
+                let enrolled: MethodSet = enrollments.iter().map(|e| e.method).collect();
+                let Some(enrollment) = enrollments.iter().find(|e| e.method == Method::Authenticator) else {
                     return Ok(None);
                 };
                 let secret = Authenticator::enrolled_secret(&svc, enrollment)?;
