@@ -147,6 +147,27 @@ async fn recovery_codes_sign_in_once_and_count_like_codes() {
         );
         assert!(answers.iter().all(|a| [200, 401, 423].contains(&a.status)));
         assert_eq!(app.get_as(&w.agent_token, "/api/v1/me/two-factor").await.body["recovery_codes"]["remaining"], 8);
+        // Each use told the user, and audited, with the codes left (on Postgres the sign-in
+        // is one statement based on the count it read, rechecked under the locks).
+        let told: Vec<(String, u32)> = app
+            .notices(&w.t)
+            .into_iter()
+            .filter_map(|n| match n.what {
+                latchkey_tenant::NoticeEvent::RecoveryCodeUsed { remaining } => Some((n.to, remaining)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(told, vec![(w.agent.clone(), 9), (w.agent.clone(), 8)], "{db:?}");
+        let details: Vec<Value> =
+            app.get_as(&w.admin, "/api/v1/audit-events?kind=recovery_code_used").await.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["detail"]["remaining"].clone())
+                .collect();
+        let mut details = details;
+        details.sort_by_key(|d| d.as_u64());
+        assert_eq!(details, vec![json!(8), json!(9)], "{db:?}");
         app.clock.advance_secs(301);
 
         // A new set voids the old one.

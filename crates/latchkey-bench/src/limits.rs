@@ -77,7 +77,7 @@ AND last_step < 9000000000000000000;
 /// L1v: the statements one successful TOTP verification sends on Postgres, in the same
 /// order, on copies of the tables: the read of the challenge with its user and enrollments
 /// (one query since issue 17), then the one data-modifying statement that commits the sign-in
-/// (`latchkey_store::repo::totp_sign_in`), in autocommit. The database's own ceiling for
+/// (`latchkey_store::repo::sign_in_at_once`), in autocommit. The database's own ceiling for
 /// `verify`, without HTTP, Rust or the pool. Keep it in step with `Service::verify` (log the
 /// service's statements with `log_statement = all`). (No colon in the JSON details: pgbench
 /// would take it for a variable.)

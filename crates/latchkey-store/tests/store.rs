@@ -220,7 +220,7 @@ mod totp {
     use latchkey_core::{AuditEventId, AuditKind, ChallengeId, Method, MethodSet, SessionId, TenantId, UserId};
     use latchkey_store::Store;
     use latchkey_store::model::{AuditEvent, Challenge, ChallengePurpose, Enrollment, NextAction, Session};
-    use latchkey_store::repo::totp_sign_in::{self, TotpSignIn, TotpSignInOutcome};
+    use latchkey_store::repo::sign_in_at_once::{self, Factor, SignInAtOnce, SignInOutcome};
     use latchkey_store::repo::{challenges, enrollments};
 
     use super::now;
@@ -235,13 +235,7 @@ mod totp {
             second_factor_at: Some(now()),
         }
     }
-    pub fn attempt(
-        store: &Store,
-        tenant: TenantId,
-        user: UserId,
-        challenge: ChallengeId,
-        step: i64,
-    ) -> TotpSignInOutcome {
+    pub fn attempt(store: &Store, tenant: TenantId, user: UserId, challenge: ChallengeId, step: i64) -> SignInOutcome {
         let session = sample_session(tenant, user);
         let audit = [AuditKind::Verified, AuditKind::SignedIn].map(|kind| AuditEvent {
             id: AuditEventId::new(),
@@ -255,8 +249,17 @@ mod totp {
             detail: serde_json::json!({"method": "authenticator"}),
         });
         let hash = session.id.to_string().into_bytes();
-        let s = TotpSignIn { user, challenge, step, session: &session, session_token_hash: &hash, audit: &audit };
-        store.run_blocking(|c| totp_sign_in::commit(c, &s)).unwrap().0
+        let s = SignInAtOnce {
+            user,
+            challenge,
+            factor: Factor::Totp { step },
+            method: Some(Method::Authenticator),
+            session: &session,
+            session_token_hash: &hash,
+            audit: &audit,
+            notice: None,
+        };
+        store.run_blocking(|c| sign_in_at_once::commit(c, &s)).unwrap().0
     }
     pub fn open_challenge(store: &Store, tenant: TenantId, user: UserId) -> ChallengeId {
         let ch = Challenge {
@@ -298,7 +301,7 @@ mod totp {
 fn a_totp_sign_in_commits_every_write_or_none() {
     use latchkey_core::ChallengeId;
     use latchkey_store::repo::audit::{self, AuditFilter};
-    use latchkey_store::repo::totp_sign_in::{self, TotpSignIn, TotpSignInOutcome};
+    use latchkey_store::repo::sign_in_at_once::{self, Factor, SignInAtOnce, SignInOutcome};
     use latchkey_store::repo::{Page, challenges, sessions};
     use totp::{attempt, open_challenge, sample_session};
 
@@ -315,14 +318,14 @@ fn a_totp_sign_in_commits_every_write_or_none() {
         totp::enroll(&store, tenant, user, 100);
         let challenge = open_challenge(&store, tenant, user);
         if store.backend() == Backend::Sqlite {
-            assert_eq!(attempt(&store, tenant, user, challenge, 101), TotpSignInOutcome::Unsupported);
+            assert_eq!(attempt(&store, tenant, user, challenge, 101), SignInOutcome::Unsupported);
             continue;
         }
         let failures = OtpLockout { failures: 3, blocked_until: None };
         store.run_blocking(|c| users::set_lockout(c, user, failures)).unwrap();
 
         // A replayed step: nothing written.
-        assert_eq!(attempt(&store, tenant, user, challenge, 100), TotpSignInOutcome::Refused);
+        assert_eq!(attempt(&store, tenant, user, challenge, 100), SignInOutcome::Refused);
         let u = store.run_blocking(|c| users::by_id(c, tenant, user)).unwrap().unwrap();
         assert_eq!((u.lockout.failures, u.preferred), (3, None));
         assert!(store.run_blocking(|c| challenges::by_id(c, challenge)).unwrap().unwrap().ended_at.is_none());
@@ -331,13 +334,13 @@ fn a_totp_sign_in_commits_every_write_or_none() {
         // A blocked user: nothing written, the step is not used up.
         let blocked = OtpLockout { failures: 0, blocked_until: Some(now() + chrono::Duration::minutes(5)) };
         store.run_blocking(|c| users::set_lockout(c, user, blocked)).unwrap();
-        assert_eq!(attempt(&store, tenant, user, challenge, 101), TotpSignInOutcome::Refused);
+        assert_eq!(attempt(&store, tenant, user, challenge, 101), SignInOutcome::Refused);
         assert_eq!(last_step(&store, user), Some(100));
         store.run_blocking(|c| users::set_lockout(c, user, failures)).unwrap();
 
         // Accepted: the step moves, the challenge ends, the counter clears, the session and
         // both audit events exist.
-        assert_eq!(attempt(&store, tenant, user, challenge, 101), TotpSignInOutcome::Committed);
+        assert_eq!(attempt(&store, tenant, user, challenge, 101), SignInOutcome::Committed);
         assert_eq!(last_step(&store, user), Some(101));
         let u = store.run_blocking(|c| users::by_id(c, tenant, user)).unwrap().unwrap();
         assert_eq!((u.lockout, u.preferred), (OtpLockout::default(), Some(Method::Authenticator)));
@@ -345,7 +348,7 @@ fn a_totp_sign_in_commits_every_write_or_none() {
         assert_eq!(audit_count(&store, tenant), 2);
 
         // The challenge is used up: a later step on it writes nothing.
-        assert_eq!(attempt(&store, tenant, user, challenge, 102), TotpSignInOutcome::Refused);
+        assert_eq!(attempt(&store, tenant, user, challenge, 102), SignInOutcome::Refused);
         assert_eq!(last_step(&store, user), Some(101));
         assert_eq!(audit_count(&store, tenant), 2);
 
@@ -359,7 +362,7 @@ fn a_totp_sign_in_commits_every_write_or_none() {
                 })
                 .collect();
             let outcomes: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-            let committed = outcomes.iter().filter(|o| **o == TotpSignInOutcome::Committed).count();
+            let committed = outcomes.iter().filter(|o| **o == SignInOutcome::Committed).count();
             assert_eq!(committed, 1, "{outcomes:?}");
         }
         let sessions_left = store.run_blocking(|c| sessions::delete_for_user(c, user, None)).unwrap();
@@ -374,16 +377,18 @@ fn a_totp_sign_in_commits_every_write_or_none() {
                     #[diesel(sql_type = diesel::sql_types::BigInt)]
                     n: i64,
                 }
-                let s = TotpSignIn {
+                let s = SignInAtOnce {
                     user,
                     challenge: ChallengeId::new(),
-                    step: 1,
+                    factor: Factor::Totp { step: 1 },
+                    method: Some(Method::Authenticator),
                     session: &sample_session(tenant, user),
                     session_token_hash: b"x",
                     audit: &[],
+                    notice: None,
                 };
                 for _ in 0..3 {
-                    assert_eq!(totp_sign_in::commit(c, &s)?.0, TotpSignInOutcome::Refused);
+                    assert_eq!(sign_in_at_once::commit(c, &s)?.0, SignInOutcome::Refused);
                 }
                 let q = "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE 'WITH p AS (SELECT%'";
                 let DbConn::Pg(pg) = c else { unreachable!() };
@@ -391,6 +396,215 @@ fn a_totp_sign_in_commits_every_write_or_none() {
             })
             .unwrap();
         assert_eq!(prepared, 1);
+    }
+}
+
+/// One attempt of a one-statement sign-in by `factor`, with two audit events and, when
+/// `notice`, a notice mail; the outcome.
+fn at_once(
+    store: &Store,
+    tenant: TenantId,
+    user: UserId,
+    challenge: latchkey_core::ChallengeId,
+    factor: latchkey_store::repo::sign_in_at_once::Factor,
+    notice: Option<latchkey_core::DeliveryId>,
+) -> latchkey_store::repo::sign_in_at_once::SignInOutcome {
+    use latchkey_core::{AuditEventId, AuditKind};
+    use latchkey_store::model::AuditEvent;
+    use latchkey_store::repo::deliveries::{DeliveryKind, NewMail};
+    use latchkey_store::repo::sign_in_at_once::{self, SignInAtOnce};
+    let session = totp::sample_session(tenant, user);
+    let audit = [AuditKind::RecoveryCodeUsed, AuditKind::SignedIn].map(|kind| AuditEvent {
+        id: AuditEventId::new(),
+        tenant_id: tenant,
+        at: now(),
+        actor_id: Some(user.to_string()),
+        subject_id: Some(user.to_string()),
+        kind,
+        ip: None,
+        user_agent: None,
+        detail: serde_json::json!({}),
+    });
+    let hash = session.id.to_string().into_bytes();
+    let notice = notice.map(|id| NewMail {
+        id,
+        tenant_id: tenant,
+        kind: DeliveryKind::Notice,
+        payload: b"sealed",
+        expires_at: None,
+        lease_until: now(),
+        now: now(),
+    });
+    let s = SignInAtOnce {
+        user,
+        challenge,
+        factor,
+        method: None,
+        session: &session,
+        session_token_hash: &hash,
+        audit: &audit,
+        notice,
+    };
+    store.run_blocking(|c| sign_in_at_once::commit(c, &s)).unwrap().0
+}
+
+/// The one-statement recovery-code sign-in on Postgres: a code is spent once however many
+/// requests race, the statement refuses (writing nothing) a code that is not the user's, and
+/// a count of unused codes that is no longer true (another code spent meanwhile, so the
+/// audit detail and the notice would be wrong); accepted, it spends the code, ends the
+/// challenge, clears the counter, leaves the preferred method, and records the session, the
+/// audit events and the notice.
+#[test]
+fn a_recovery_code_sign_in_commits_every_write_or_none() {
+    use latchkey_core::DeliveryId;
+    use latchkey_store::repo::deliveries::{self, DeliveryKind};
+    use latchkey_store::repo::sign_in_at_once::{Factor, SignInOutcome};
+    use latchkey_store::repo::{challenges, recovery_codes, sessions};
+
+    fn code(n: u8) -> [u8; 32] {
+        [n; 32]
+    }
+    fn factor(n: u8, unused: i64) -> Factor {
+        Factor::RecoveryCode { code_hashes: vec![code(n).to_vec()], unused }
+    }
+    for Scratch { store, .. } in stores() {
+        let (tenant, user) = seed(&store);
+        store.run_blocking(|c| recovery_codes::replace(c, tenant, user, &[code(1), code(2), code(3)], now())).unwrap();
+        let remaining = || store.run_blocking(|c| recovery_codes::set_of(c, user)).unwrap().unwrap().remaining;
+        let challenge = totp::open_challenge(&store, tenant, user);
+        if store.backend() == Backend::Sqlite {
+            assert_eq!(at_once(&store, tenant, user, challenge, factor(1, 3), None), SignInOutcome::Unsupported);
+            continue;
+        }
+        let failures = OtpLockout { failures: 3, blocked_until: None };
+        store.run_blocking(|c| users::set_lockout(c, user, failures)).unwrap();
+
+        // Not one of the user's codes; the right code with a stale count: nothing written.
+        assert_eq!(at_once(&store, tenant, user, challenge, factor(9, 3), None), SignInOutcome::Refused);
+        assert_eq!(at_once(&store, tenant, user, challenge, factor(1, 2), None), SignInOutcome::Refused);
+        assert_eq!(remaining(), 3);
+        let u = store.run_blocking(|c| users::by_id(c, tenant, user)).unwrap().unwrap();
+        assert_eq!(u.lockout.failures, 3);
+        assert!(store.run_blocking(|c| challenges::by_id(c, challenge)).unwrap().unwrap().ended_at.is_none());
+
+        // Accepted, with its notice.
+        let notice = DeliveryId::new();
+        assert_eq!(at_once(&store, tenant, user, challenge, factor(1, 3), Some(notice)), SignInOutcome::Committed);
+        assert_eq!(remaining(), 2);
+        let u = store.run_blocking(|c| users::by_id(c, tenant, user)).unwrap().unwrap();
+        assert_eq!((u.lockout, u.preferred), (OtpLockout::default(), None));
+        assert_eq!(store.run_blocking(|c| challenges::by_id(c, challenge)).unwrap().unwrap().ended_at, Some(now()));
+        let mail = store.run_blocking(|c| deliveries::get(c, notice)).unwrap().unwrap();
+        assert_eq!(mail.kind, DeliveryKind::Notice);
+        let notices = store.run_blocking(|c| deliveries::of_tenant(c, tenant, DeliveryKind::Notice)).unwrap();
+        assert_eq!(notices.len(), 1);
+
+        // A spent code on a new challenge: refused.
+        let again = totp::open_challenge(&store, tenant, user);
+        assert_eq!(at_once(&store, tenant, user, again, factor(1, 2), None), SignInOutcome::Refused);
+
+        // One code raced on four challenges: one sign-in. Then the two codes left raced: the
+        // first spends its code, the other's count is no longer true.
+        let race = |codes: [u8; 4], unused: i64| {
+            let threads: Vec<_> = codes
+                .into_iter()
+                .map(|n| {
+                    let store = store.clone();
+                    std::thread::spawn(move || {
+                        let challenge = totp::open_challenge(&store, tenant, user);
+                        at_once(&store, tenant, user, challenge, factor(n, unused), None)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).filter(|o| *o == SignInOutcome::Committed).count()
+        };
+        assert_eq!(race([2, 2, 2, 2], 2), 1);
+        assert_eq!(remaining(), 1);
+        store.run_blocking(|c| recovery_codes::replace(c, tenant, user, &[code(4), code(5)], now())).unwrap();
+        assert_eq!(race([4, 5, 4, 5], 2), 1);
+        assert_eq!(remaining(), 1);
+        let sessions = store.run_blocking(|c| sessions::delete_for_user(c, user, None)).unwrap();
+        assert_eq!(sessions, 3);
+    }
+}
+
+/// The one-statement passkey sign-in on Postgres: refused, with nothing written, when the
+/// challenge no longer holds the ceremony the assertion was checked against or the
+/// credential's counter moved since it was read; accepted, it stores the new counter and
+/// record, uses the ceremony up, ends the challenge and marks the enrollment used.
+#[test]
+fn a_passkey_sign_in_commits_every_write_or_none() {
+    use latchkey_store::model::WebauthnCredential;
+    use latchkey_store::repo::challenges;
+    use latchkey_store::repo::sign_in_at_once::{Factor, SignInOutcome};
+    use latchkey_store::repo::webauthn;
+
+    let assertion = |ceremony: &[u8], seen: i64| Factor::Assertion {
+        ceremony: ceremony.to_vec(),
+        credential_id: "cred-1".into(),
+        seen,
+        sign_count: seen + 1,
+        record: format!("{{\"counter\":{}}}", seen + 1),
+    };
+    for Scratch { store, .. } in stores() {
+        let (tenant, user) = seed(&store);
+        let cred = WebauthnCredential {
+            tenant_id: tenant,
+            credential_id: "cred-1".into(),
+            user_id: user,
+            name: "Passkey 1".into(),
+            credential: "{}".into(),
+            sign_count: 5,
+            transports: vec![],
+            backup_eligible: false,
+            created_at: now(),
+            last_used_at: None,
+        };
+        let en = Enrollment {
+            user_id: user,
+            method: Method::Webauthn,
+            secret_sealed: None,
+            last_step: None,
+            created_at: now(),
+            last_used_at: None,
+        };
+        store
+            .run_blocking(|c| {
+                webauthn::insert(c, &cred)?;
+                enrollments::upsert(c, tenant, &en)
+            })
+            .unwrap();
+        let challenge = totp::open_challenge(&store, tenant, user);
+        store.run_blocking(|c| challenges::set_ceremony(c, challenge, b"ceremony-a")).unwrap();
+        if store.backend() == Backend::Sqlite {
+            let outcome = at_once(&store, tenant, user, challenge, assertion(b"ceremony-a", 5), None);
+            assert_eq!(outcome, SignInOutcome::Unsupported);
+            continue;
+        }
+        let stored = || store.run_blocking(|c| webauthn::by_id(c, tenant, "cred-1")).unwrap().unwrap();
+
+        // Another ceremony; a counter that moved: nothing written.
+        let outcome = at_once(&store, tenant, user, challenge, assertion(b"ceremony-b", 5), None);
+        assert_eq!(outcome, SignInOutcome::Refused);
+        let outcome = at_once(&store, tenant, user, challenge, assertion(b"ceremony-a", 4), None);
+        assert_eq!(outcome, SignInOutcome::Refused);
+        assert_eq!((stored().sign_count, stored().last_used_at), (5, None));
+        let ceremony = store.run_blocking(|c| challenges::ceremony_of(c, challenge)).unwrap();
+        assert_eq!(ceremony.as_deref(), Some(&b"ceremony-a"[..]));
+
+        // Accepted.
+        let outcome = at_once(&store, tenant, user, challenge, assertion(b"ceremony-a", 5), None);
+        assert_eq!(outcome, SignInOutcome::Committed);
+        assert_eq!((stored().sign_count, stored().credential.as_str()), (6, r#"{"counter":6}"#));
+        assert_eq!(stored().last_used_at, Some(now()));
+        assert_eq!(store.run_blocking(|c| challenges::ceremony_of(c, challenge)).unwrap(), None);
+        assert_eq!(store.run_blocking(|c| challenges::by_id(c, challenge)).unwrap().unwrap().ended_at, Some(now()));
+        let en = store.run_blocking(|c| enrollments::for_user(c, user)).unwrap();
+        assert_eq!(en[0].last_used_at, Some(now()));
+
+        // The same assertion again: the ceremony is used up.
+        let outcome = at_once(&store, tenant, user, challenge, assertion(b"ceremony-a", 6), None);
+        assert_eq!(outcome, SignInOutcome::Refused);
     }
 }
 
@@ -403,7 +617,7 @@ fn a_totp_sign_in_locks_the_user_before_the_challenge() {
     use diesel::connection::SimpleConnection;
     use diesel::prelude::*;
     use latchkey_store::repo::challenges;
-    use latchkey_store::repo::totp_sign_in::TotpSignInOutcome;
+    use latchkey_store::repo::sign_in_at_once::SignInOutcome;
 
     #[derive(QueryableByName)]
     struct Count {
@@ -464,7 +678,7 @@ fn a_totp_sign_in_locks_the_user_before_the_challenge() {
     assert!(free.is_ok(), "the waiting sign-in holds the challenge: {free:?}");
     release_tx.send(()).unwrap();
     assert_eq!(reset.join().unwrap().unwrap(), 1, "the reset ends the challenge");
-    assert_eq!(sign_in.join().unwrap(), TotpSignInOutcome::Refused);
+    assert_eq!(sign_in.join().unwrap(), SignInOutcome::Refused);
     assert_eq!(store.run_blocking(|c| enrollments::for_user(c, user)).unwrap()[0].last_step, Some(100));
 }
 
@@ -516,7 +730,7 @@ fn challenges_and_sessions_keep_only_the_indexes_their_queries_need() {
     }
 }
 
-/// The challenge read of a TOTP verification brings every enrollment of the user with the
+/// The challenge read of a TOTP or recovery-code verification brings every enrollment of the user with the
 /// open challenge (none, one, two: one joined row each), and nothing once it has ended or
 /// for a hash that is not its token's.
 #[test]
@@ -550,5 +764,89 @@ fn an_open_challenge_is_read_with_its_user_and_every_enrollment() {
         assert!(read(b"another token").is_none());
         store.run_blocking(|c| challenges::end(c, ch, now())).unwrap();
         assert!(read(&hash).is_none(), "an ended challenge is not found ({})", s.url);
+    }
+}
+
+/// The challenge read of a passkey verification brings, with the user and his enrollments,
+/// the challenge's ceremony and the user's credential the assertion names (not another id);
+/// nothing once the challenge has ended. Prepared once per connection, like every query.
+#[test]
+fn an_open_challenge_is_read_with_the_assertions_ceremony_and_credential() {
+    use latchkey_store::model::WebauthnCredential;
+    use latchkey_store::repo::{challenges, webauthn};
+    for s in stores() {
+        let store = &s.store;
+        let (tenant, user) = seed(store);
+        let ch = totp::open_challenge(store, tenant, user);
+        let hash = ch.to_string().into_bytes();
+        let read = |credential: &str| {
+            let (h, credential) = (hash.clone(), credential.to_owned());
+            store
+                .run_blocking(move |c| challenges::open_for_assertion_by_token_hash(c, &h, now(), &credential))
+                .unwrap()
+        };
+        let open = read("cred-1").unwrap();
+        assert_eq!((open.challenge.id, open.user.id, open.enrollments.len()), (ch, user, 0), "{}", s.url);
+        assert_eq!((open.ceremony, open.credential.is_none()), (None, true));
+
+        let cred = WebauthnCredential {
+            tenant_id: tenant,
+            credential_id: "cred-1".into(),
+            user_id: user,
+            name: "Passkey 1".into(),
+            credential: "{}".into(),
+            sign_count: 3,
+            transports: vec!["usb".into()],
+            backup_eligible: false,
+            created_at: now(),
+            last_used_at: None,
+        };
+        let en = Enrollment {
+            user_id: user,
+            method: Method::Webauthn,
+            secret_sealed: None,
+            last_step: None,
+            created_at: now(),
+            last_used_at: None,
+        };
+        store
+            .run_blocking(|c| {
+                webauthn::insert(c, &cred)?;
+                enrollments::upsert(c, tenant, &en)?;
+                challenges::set_ceremony(c, ch, b"sealed")
+            })
+            .unwrap();
+        totp::enroll(store, tenant, user, 7);
+        let open = read("cred-1").unwrap();
+        assert_eq!(open.enrollments.len(), 2, "{}", s.url);
+        assert_eq!(open.ceremony.as_deref(), Some(&b"sealed"[..]));
+        let found = open.credential.unwrap();
+        assert_eq!(
+            (found.credential_id.as_str(), found.sign_count, found.transports),
+            ("cred-1", 3, vec!["usb".into()])
+        );
+        assert!(read("cred-2").unwrap().credential.is_none());
+        if store.backend() == Backend::Postgres {
+            let prepared = store
+                .run_blocking(|c| {
+                    use diesel::prelude::*;
+                    #[derive(QueryableByName)]
+                    struct Count {
+                        #[diesel(sql_type = diesel::sql_types::BigInt)]
+                        n: i64,
+                    }
+                    for _ in 0..3 {
+                        challenges::open_for_assertion_by_token_hash(c, &hash, now(), "cred-1")?;
+                    }
+                    let q = "SELECT count(*) AS n FROM pg_prepared_statements \
+                             WHERE statement LIKE '%webauthn_credentials%' AND statement LIKE '%\"ceremony\"%'";
+                    let DbConn::Pg(pg) = c else { unreachable!() };
+                    Ok(diesel::sql_query(q).get_result::<Count>(pg)?.n)
+                })
+                .unwrap();
+            assert_eq!(prepared, 1);
+        }
+        store.run_blocking(|c| challenges::end(c, ch, now())).unwrap();
+        assert!(read("cred-1").is_none(), "an ended challenge is not found ({})", s.url);
     }
 }

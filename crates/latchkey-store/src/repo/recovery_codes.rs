@@ -59,11 +59,14 @@ pub fn set_of(conn: &mut DbConn, user: UserId) -> StoreResult<Option<RecoveryCod
     Ok(Some(RecoveryCodeSet { remaining, created_at: at(created)? }))
 }
 
+/// How many unused codes `user` has.
+pub fn unused_count(conn: &mut DbConn, user: UserId) -> StoreResult<i64> {
+    Ok(rc::table.filter(rc::user_id.eq(user.to_string())).filter(rc::used_at.is_null()).count().get_result(conn)?)
+}
+
 /// Whether `user` has an unused code.
 pub fn has_unused(conn: &mut DbConn, user: UserId) -> StoreResult<bool> {
-    let n: i64 =
-        rc::table.filter(rc::user_id.eq(user.to_string())).filter(rc::used_at.is_null()).count().get_result(conn)?;
-    Ok(n > 0)
+    Ok(unused_count(conn, user)? > 0)
 }
 
 /// Deletes `user`'s set (a new set, a reset, `DELETE /api/v1/me/recovery-codes`); returns how

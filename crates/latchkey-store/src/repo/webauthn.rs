@@ -13,7 +13,7 @@ use crate::{DbConn, StoreError, per_backend};
 
 #[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = wc)]
-struct Row {
+pub(crate) struct Row {
     tenant_id: String,
     credential_id: String,
     user_id: String,
@@ -27,7 +27,7 @@ struct Row {
 }
 
 impl Row {
-    fn into_credential(self) -> StoreResult<WebauthnCredential> {
+    pub(crate) fn into_credential(self) -> StoreResult<WebauthnCredential> {
         Ok(WebauthnCredential {
             tenant_id: parse("tenant id", &self.tenant_id)?,
             credential_id: self.credential_id,

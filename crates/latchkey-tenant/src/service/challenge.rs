@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use latchkey_core::crypto::TokenPurpose;
 use latchkey_core::otp::seconds_until;
 use latchkey_core::{AuditKind, Method};
-use latchkey_store::model::{AuditEvent, Challenge, ChallengePurpose, Enrollment, Tenant, User};
+use latchkey_store::model::{AuditEvent, Challenge, ChallengePurpose, Enrollment, Tenant, User, WebauthnCredential};
 use latchkey_store::repo::{challenges, users};
 use latchkey_store::{DbConn, StoreResult};
 use serde_json::json;
@@ -14,8 +14,17 @@ use serde_json::json;
 use super::{RequestCtx, Service};
 use crate::error::{Error, Result};
 
-/// A query finding the open challenge of a token hash at an instant (with what else it reads).
-type FindOpen<T> = fn(&mut DbConn, &[u8], DateTime<Utc>) -> StoreResult<Option<T>>;
+/// What a passkey verification at sign-in read with its challenge
+/// ([`Service::locate_for_assertion`]), unlocked: the one-statement sign-in rechecks what it
+/// relies on.
+pub(super) struct AssertionRead {
+    /// The user's enrollments.
+    pub enrollments: Vec<Enrollment>,
+    /// The sealed WebAuthn ceremony on the challenge, if one was started.
+    pub ceremony: Option<Vec<u8>>,
+    /// The user's credential the assertion names, if he has it.
+    pub credential: Option<WebauthnCredential>,
+}
 
 /// An open challenge with its user and tenant (the tenant through its actor).
 pub(super) struct Located {
@@ -53,8 +62,9 @@ impl Service {
         self.located(challenge, user, missing).await
     }
 
-    /// [`Service::locate`] with the user's enrollments, read in the same query (a TOTP
-    /// verification needs them before it checks the code: one round trip fewer, issue 17).
+    /// [`Service::locate`] with the user's enrollments, read in the same query (a TOTP or
+    /// recovery-code verification needs them before it commits in one statement: one round
+    /// trip fewer, issue 17).
     pub(super) async fn locate_with_enrollments(
         &self,
         token: &str,
@@ -67,14 +77,35 @@ impl Service {
         Ok((self.located(challenge, user, missing).await?, enrollments))
     }
 
-    /// Runs `find` with the hash of `token` under the current key, then under the previous
-    /// ones (a token issued before a key rotation), until one finds an open challenge.
-    async fn find_open<T: Send + 'static>(
+    /// [`Service::locate`] for a sign-in challenge, with what the one-statement passkey
+    /// sign-in needs before it checks the assertion, read in the same query
+    /// ([`challenges::open_for_assertion_by_token_hash`]; `credential_id`: the credential the
+    /// assertion names).
+    ///
+    /// Errors: `InvalidChallenge`.
+    pub(super) async fn locate_for_assertion(
         &self,
         token: &str,
         now: DateTime<Utc>,
-        find: FindOpen<T>,
-    ) -> Result<Option<T>> {
+        credential_id: String,
+    ) -> Result<(Located, AssertionRead)> {
+        let find = move |c: &mut DbConn, hash: &[u8], now| {
+            challenges::open_for_assertion_by_token_hash(c, hash, now, &credential_id)
+        };
+        let found = self.find_open(token, now, find).await?;
+        let open = found.filter(|o| o.challenge.purpose == ChallengePurpose::SignIn).ok_or(Error::InvalidChallenge)?;
+        let read =
+            AssertionRead { enrollments: open.enrollments, ceremony: open.ceremony, credential: open.credential };
+        Ok((self.located(open.challenge, open.user, || Error::InvalidChallenge).await?, read))
+    }
+
+    /// Runs `find` with the hash of `token` under the current key, then under the previous
+    /// ones (a token issued before a key rotation), until one finds an open challenge.
+    async fn find_open<T, F>(&self, token: &str, now: DateTime<Utc>, find: F) -> Result<Option<T>>
+    where
+        T: Send + 'static,
+        F: Fn(&mut DbConn, &[u8], DateTime<Utc>) -> StoreResult<Option<T>> + Send + 'static,
+    {
         let hashes = self.keys.token_hashes(TokenPurpose::Challenge, token);
         let found = self
             .store

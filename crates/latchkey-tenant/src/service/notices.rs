@@ -13,6 +13,7 @@
 
 use chrono::{DateTime, Utc};
 use latchkey_core::{DeliveryId, Method, Role, TenantId, UserId};
+use latchkey_store::model::{Tenant, User};
 use latchkey_store::repo::deliveries::{self, DeliveryKind, DeliveryState, NewMail};
 use latchkey_store::repo::{tenants, users};
 use latchkey_store::{DbConn, StoreError, StoreResult};
@@ -95,6 +96,31 @@ pub enum Notice {
     },
 }
 
+/// A notice mail sealed before its row exists ([`Service::sealed_self_notice`]).
+pub(super) struct SealedNotice {
+    /// The delivery's id (the payload is bound to it).
+    pub id: DeliveryId,
+    /// The sealed payload.
+    pub payload: Vec<u8>,
+    /// Until when the row counts as in flight.
+    pub lease_until: DateTime<Utc>,
+}
+
+impl SealedNotice {
+    /// The row to record, of `tenant`, due at `now`.
+    pub(super) fn new_mail(&self, tenant: TenantId, now: DateTime<Utc>) -> NewMail<'_> {
+        NewMail {
+            id: self.id,
+            tenant_id: tenant,
+            kind: DeliveryKind::Notice,
+            payload: &self.payload,
+            expires_at: None,
+            lease_until: self.lease_until,
+            now,
+        }
+    }
+}
+
 /// The setting group of a notice (`notices.security` or `notices.recovery_requests`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoticeGroup {
@@ -123,6 +149,32 @@ impl Notice {
     /// the sign-in, so nothing the same request caused can be mailed after them.
     pub fn answer_waits(&self) -> bool {
         !matches!(self, Notice::RecoveryCodeUsed { .. } | Notice::TrustedDeviceCreated { .. })
+    }
+
+    /// Whether tenant `t`'s settings send this notice (its group is on).
+    pub fn is_on(&self, t: &Tenant) -> bool {
+        match self.group() {
+            NoticeGroup::Security => t.settings.notices.security,
+            NoticeGroup::RecoveryRequests => t.settings.notices.recovery_requests,
+        }
+    }
+
+    /// What the mail says, for a notice that goes to the user it is about; `None` for the two
+    /// that go to someone else (a recovery request: the admins; an email change: the old
+    /// address).
+    fn event_for_self(&self) -> Option<NoticeEvent> {
+        Some(match self {
+            Notice::MethodEnrolled { method, .. } => NoticeEvent::MethodEnrolled { method: *method },
+            Notice::FactorRemoved { factor, .. } => NoticeEvent::FactorRemoved { factor: factor.clone() },
+            Notice::RecoveryCodesGenerated { count, .. } => NoticeEvent::RecoveryCodesGenerated { count: *count },
+            Notice::RecoveryCodeUsed { remaining, .. } => NoticeEvent::RecoveryCodeUsed { remaining: *remaining },
+            Notice::TrustedDeviceCreated { .. } => NoticeEvent::TrustedDeviceCreated,
+            Notice::RecoveryApproved { .. } => NoticeEvent::RecoveryApproved,
+            Notice::RecoveryDismissed { .. } => NoticeEvent::RecoveryDismissed,
+            Notice::ResetLinkUsed { .. } => NoticeEvent::ResetLinkUsed,
+            Notice::PasswordChanged { .. } => NoticeEvent::PasswordChanged,
+            Notice::EmailChanged { .. } | Notice::RecoveryRequested { .. } => return None,
+        })
     }
 
     /// The user the notice is about.
@@ -169,15 +221,10 @@ impl Service {
         notice: Notice,
     ) -> StoreResult<Vec<DeliveryId>> {
         let Some(t) = tenants::by_id(conn, tenant)? else { return Ok(Vec::new()) };
-        let on = match notice.group() {
-            NoticeGroup::Security => t.settings.notices.security,
-            NoticeGroup::RecoveryRequests => t.settings.notices.recovery_requests,
-        };
-        if !on {
+        if !notice.is_on(&t) {
             return Ok(Vec::new());
         }
         let Some(user) = users::by_id(conn, tenant, notice.user())? else { return Ok(Vec::new()) };
-        let me = || vec![(user.email.clone(), user.name.clone())];
         let (recipients, what): (Vec<(String, String)>, NoticeEvent) = match notice {
             Notice::RecoveryRequested { .. } => {
                 if user.role == Role::Admin {
@@ -198,32 +245,63 @@ impl Service {
                 vec![(old_email, user.name.clone())],
                 NoticeEvent::EmailChanged { new_email_masked: latchkey_core::email::mask(&new_email) },
             ),
-            Notice::MethodEnrolled { method, .. } => (me(), NoticeEvent::MethodEnrolled { method }),
-            Notice::FactorRemoved { factor, .. } => (me(), NoticeEvent::FactorRemoved { factor }),
-            Notice::RecoveryCodesGenerated { count, .. } => (me(), NoticeEvent::RecoveryCodesGenerated { count }),
-            Notice::RecoveryCodeUsed { remaining, .. } => (me(), NoticeEvent::RecoveryCodeUsed { remaining }),
-            Notice::TrustedDeviceCreated { .. } => (me(), NoticeEvent::TrustedDeviceCreated),
-            Notice::RecoveryApproved { .. } => (me(), NoticeEvent::RecoveryApproved),
-            Notice::RecoveryDismissed { .. } => (me(), NoticeEvent::RecoveryDismissed),
-            Notice::ResetLinkUsed { .. } => (me(), NoticeEvent::ResetLinkUsed),
-            Notice::PasswordChanged { .. } => (me(), NoticeEvent::PasswordChanged),
+            other => {
+                let Some(what) = other.event_for_self() else { return Ok(Vec::new()) };
+                (vec![(user.email.clone(), user.name.clone())], what)
+            }
         };
         let mut ids = Vec::with_capacity(recipients.len());
         for (to, recipient_name) in recipients {
-            let mail = NoticeMail {
-                to,
-                recipient_name,
-                tenant_name: t.name.clone(),
-                tenant_slug: t.slug.clone(),
-                at: ctx.now,
-                ip: ctx.ip.clone(),
-                user_agent: ctx.user_agent.clone(),
-                what: what.clone(),
-            };
+            let mail = self.notice_mail(ctx, &t, to, recipient_name, what.clone());
             let kind = DeliveryKind::Notice;
             ids.push(self.record_mail(conn, tenant, kind, &MailPayload::Notice(mail), None, true, ctx.now)?);
         }
         Ok(ids)
+    }
+
+    /// The notice mail of `what` to `to` (named `recipient_name`), as of the request `ctx`.
+    fn notice_mail(
+        &self,
+        ctx: &RequestCtx,
+        t: &Tenant,
+        to: String,
+        recipient_name: String,
+        what: NoticeEvent,
+    ) -> NoticeMail {
+        NoticeMail {
+            to,
+            recipient_name,
+            tenant_name: t.name.clone(),
+            tenant_slug: t.slug.clone(),
+            at: ctx.now,
+            ip: ctx.ip.clone(),
+            user_agent: ctx.user_agent.clone(),
+            what,
+        }
+    }
+
+    /// The sealed notice `notice` to `user` himself, ready to be recorded by another
+    /// statement (the one-statement sign-in, `sign_in_at_once`) instead of [`Service::notify`]:
+    /// `None` when the tenant turned its group off or the notice goes to someone else (a
+    /// recovery request, an email change). The mail counts as pushed by the request (its lease
+    /// runs `LATCHKEY_DELIVERY_REQUEUE_MS`); the caller pushes its id once the statement has
+    /// committed, with [`Notice::answer_waits`].
+    pub(super) fn sealed_self_notice(
+        &self,
+        ctx: &RequestCtx,
+        t: &Tenant,
+        user: &User,
+        notice: &Notice,
+    ) -> StoreResult<Option<SealedNotice>> {
+        if !notice.is_on(t) {
+            return Ok(None);
+        }
+        let Some(what) = notice.event_for_self() else { return Ok(None) };
+        let mail = self.notice_mail(ctx, t, user.email.clone(), user.name.clone(), what);
+        let id = DeliveryId::new();
+        let payload = seal_payload(&self.keys, id, &MailPayload::Notice(mail))
+            .map_err(|_| StoreError::Corrupt("mail payload"))?;
+        Ok(Some(SealedNotice { id, payload, lease_until: ctx.now + self.server.delivery_requeue }))
     }
 
     /// Delivers the notices a request recorded (its [`RequestCtx::notices`]), once its

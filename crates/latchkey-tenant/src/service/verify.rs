@@ -3,10 +3,11 @@
 
 use latchkey_core::crypto::TokenPurpose;
 use latchkey_core::otp::OtpLockout;
-use latchkey_core::{AuditKind, Method, MethodSet, SecretToken, TrustedDeviceId, trust};
+use latchkey_core::{AuditKind, ChallengeId, Method, MethodSet, SecretToken, TrustedDeviceId, trust};
 use latchkey_store::model::{
     AuditEvent, Challenge, ChallengePurpose, Enrollment, NextAction, Tenant, TrustedDevice, User,
 };
+use latchkey_store::repo::sign_in_at_once::{self, Factor, SignInAtOnce, SignInOutcome};
 use latchkey_store::repo::{audit, challenges, enrollments, trusted_devices, users};
 use latchkey_store::{Backend, DbConn, StoreResult};
 use serde_json::json;
@@ -14,6 +15,7 @@ use zeroize::Zeroizing;
 
 use super::challenge::verified_sign_in_events;
 use super::factor::{Checked, Presented};
+use super::notices::SealedNotice;
 use super::signin::{IssuedDevice, IssuedSession};
 use super::{Notice, RequestCtx, Service, UserView};
 use crate::error::{Error, Result};
@@ -51,8 +53,25 @@ impl Service {
         credential: webauthn_rs_core::proto::PublicKeyCredential,
         remember_device: bool,
     ) -> Result<IssuedSession> {
-        let loc = self.locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || Error::InvalidChallenge).await?;
+        // On Postgres the sign-in may be committed in one statement, which needs the
+        // enrollments (for the answer): read with the challenge, in the same query.
+        // The enrollments, the ceremony and the credential, read with the challenge.
+        let (loc, read) = if self.store.backend() == Backend::Postgres {
+            let id = super::factor::credential_id(credential.get_credential_id());
+            let (loc, read) = self.locate_for_assertion(challenge_token, ctx.now, id).await?;
+            (loc, Some(read))
+        } else {
+            (self.locate(challenge_token, ChallengePurpose::SignIn, ctx.now, || Error::InvalidChallenge).await?, None)
+        };
         let verifier = self.registry.enter_with_verifier(loc.tenant.id).await?.verifier;
+        method_allowed(&loc, Method::Webauthn)?;
+        if !remember_device
+            && loc.user.lockout.blocked(ctx.now).is_none()
+            && let Some(read) = read
+            && let Some(issued) = self.verify_assertion_at_once(ctx, &loc, read, &credential, &verifier).await?
+        {
+            return Ok(issued);
+        }
         let proof = Presented::Assertion(Box::new(credential), verifier);
         self.verify_located(ctx, loc, Method::Webauthn, proof, remember_device, None).await
     }
@@ -86,11 +105,7 @@ impl Service {
         remember_device: bool,
         enrollments: Option<Vec<Enrollment>>,
     ) -> Result<IssuedSession> {
-        let allowed = loc.challenge.methods.intersect(loc.tenant.policy.methods_for(loc.user.role));
-        let needs_enrolled = matches!(method, Method::Authenticator | Method::Webauthn);
-        if !allowed.contains(method) || (needs_enrolled && loc.challenge.next == NextAction::Enroll) {
-            return Err(Error::MethodNotAllowed);
-        }
+        method_allowed(&loc, method)?;
         let code = match &proof {
             Presented::Code(code) => Some(code.as_str()),
             Presented::Assertion(..) => None,
@@ -213,6 +228,81 @@ impl Service {
         Service::audit(conn, ctx, user.tenant_id, who, Some(user.id), AuditKind::TrustedDeviceCreated, detail)?;
         self.notify(conn, ctx, user.tenant_id, Notice::TrustedDeviceCreated { user: user.id })?;
         Ok(Some(IssuedDevice { token, expires_at }))
+    }
+}
+
+/// `MethodNotAllowed` unless the challenge offers `method` to the user's role, and (for the
+/// methods that need an enrollment) asks for a verification, not an enrollment.
+fn method_allowed(loc: &super::challenge::Located, method: Method) -> Result<()> {
+    let allowed = loc.challenge.methods.intersect(loc.tenant.policy.methods_for(loc.user.role));
+    let needs_enrolled = matches!(method, Method::Authenticator | Method::Webauthn);
+    if !allowed.contains(method) || (needs_enrolled && loc.challenge.next == NextAction::Enroll) {
+        return Err(Error::MethodNotAllowed);
+    }
+    Ok(())
+}
+
+/// A sign-in to commit in one statement on Postgres ([`Service::commit_at_once`]): what makes
+/// the proof single-use, and what the sign-in writes besides the session.
+pub(super) struct AtOnce {
+    /// The single-use part of the proof, used up by the statement.
+    pub factor: Factor,
+    /// The method that becomes the preferred one unless the user chose his own (`None` for a
+    /// recovery code).
+    pub method: Option<Method>,
+    /// The `method` label of the success in `latchkey_otp_verifications_total`.
+    pub metric: &'static str,
+    /// The audit events of the sign-in.
+    pub audit: Vec<AuditEvent>,
+    /// A notice to the user, sealed, with whether the answer waits for it.
+    pub notice: Option<(SealedNotice, bool)>,
+}
+
+impl Service {
+    /// Commits the sign-in of `user` on `challenge` in one statement
+    /// ([`sign_in_at_once::commit`]), inside a [`Store::run`](latchkey_store::Store::run)
+    /// closure on Postgres: a new session whose second factor is verified now, the audit
+    /// events, their webhook deliveries and the notice, all queued once the request is done.
+    /// `enrolled` are the user's enrolled methods (for the answer). `None` when the statement
+    /// refused, with nothing written: the caller then takes the portable path, which decides
+    /// under the user's lock and tells why.
+    pub(super) fn commit_at_once(
+        &self,
+        conn: &mut DbConn,
+        ctx: &RequestCtx,
+        user: &User,
+        challenge: ChallengeId,
+        enrolled: MethodSet,
+        at_once: AtOnce,
+    ) -> StoreResult<Option<IssuedSession>> {
+        let (token, session) = self.new_session(user, true, ctx.now);
+        let token_hash = self.keys.token_hash(TokenPurpose::Session, token.expose());
+        let sign_in = SignInAtOnce {
+            user: user.id,
+            challenge,
+            factor: at_once.factor,
+            method: at_once.method,
+            session: &session,
+            session_token_hash: &token_hash,
+            audit: &at_once.audit,
+            notice: at_once.notice.as_ref().map(|(n, _)| n.new_mail(user.tenant_id, ctx.now)),
+        };
+        let (outcome, hooks) = sign_in_at_once::commit(conn, &sign_in)?;
+        if outcome != SignInOutcome::Committed {
+            return Ok(None);
+        }
+        ctx.notices.push(hooks, false);
+        if let Some((notice, wait)) = &at_once.notice {
+            ctx.notices.push(vec![notice.id], *wait);
+        }
+        self.metrics.otp_verifications.with_label_values(&[at_once.metric, "success"]).inc();
+        let mut user = user.clone();
+        if !user.preferred_chosen
+            && let Some(method) = at_once.method
+        {
+            user.preferred = Some(method);
+        }
+        Ok(Some(IssuedSession::new(token, session.expires_at, UserView::new(&user, enrolled))))
     }
 }
 

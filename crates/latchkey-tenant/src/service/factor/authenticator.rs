@@ -5,12 +5,11 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use latchkey_core::crypto::TokenPurpose;
 use latchkey_core::totp::{self, TotpCheck, TotpSecret};
 use latchkey_core::{Method, MethodSet, UserId};
 use latchkey_store::model::{Challenge, Enrollment, Tenant, User};
 use latchkey_store::repo::enrollments;
-use latchkey_store::repo::totp_sign_in::{self, TotpSignIn, TotpSignInOutcome};
+use latchkey_store::repo::sign_in_at_once::Factor;
 use latchkey_store::{DbConn, StoreError, StoreResult};
 use zeroize::Zeroizing;
 
@@ -18,7 +17,8 @@ use super::{Checked, Proof, SecondFactor};
 use crate::error::{Error, Result};
 use crate::service::challenge::{Located, verified_sign_in_events};
 use crate::service::signin::IssuedSession;
-use crate::service::{RequestCtx, Service, UserView};
+use crate::service::verify::AtOnce;
+use crate::service::{RequestCtx, Service};
 
 /// What an authenticator app needs: the setup key, the `otpauth://` URI and its QR code.
 #[derive(Clone)]
@@ -131,7 +131,7 @@ impl Service {
     /// round trips instead of about ten (the challenge with its user and `enrollments`, read
     /// together by [`Service::locate_with_enrollments`], then this): checks the code (RFC
     /// 6238, ±1 step, above the last accepted step) and commits the whole sign-in in one
-    /// statement ([`totp_sign_in::commit`]), which rechecks the step the read saw. `None`
+    /// statement ([`Service::commit_at_once`]), which rechecks the step the read saw. `None`
     /// when the code is not accepted or the statement refused (blocked user, ended challenge, replayed step): the portable path then decides,
     /// under the user's lock, and counts a wrong code.
     pub(in crate::service) async fn verify_totp_at_once(
@@ -144,7 +144,7 @@ impl Service {
         let svc = self.clone();
         let ctx = ctx.clone();
         let code = Zeroizing::new(code.to_owned());
-        let mut user = loc.user.clone();
+        let user = loc.user.clone();
         let challenge = loc.challenge.id;
         let issued = self
             .store
@@ -157,28 +157,14 @@ impl Service {
                 let TotpCheck::Accepted { step } = totp::check(&secret, &code, ctx.now, enrollment.last_step) else {
                     return Ok(None);
                 };
-                let (token, session) = svc.new_session(&user, true, ctx.now);
-                let method = Method::Authenticator;
-                let audit = verified_sign_in_events(&ctx, &user, method);
-                let token_hash = svc.keys.token_hash(TokenPurpose::Session, token.expose());
-                let sign_in = TotpSignIn {
-                    user: user.id,
-                    challenge,
-                    step,
-                    session: &session,
-                    session_token_hash: &token_hash,
-                    audit: &audit,
+                let at_once = AtOnce {
+                    factor: Factor::Totp { step },
+                    method: Some(Method::Authenticator),
+                    metric: Method::Authenticator.as_str(),
+                    audit: verified_sign_in_events(&ctx, &user, Method::Authenticator).to_vec(),
+                    notice: None,
                 };
-                let (outcome, hooks) = totp_sign_in::commit(c, &sign_in)?;
-                if outcome != TotpSignInOutcome::Committed {
-                    return Ok(None);
-                }
-                ctx.notices.push(hooks, false);
-                svc.metrics.otp_verifications.with_label_values(&[method.as_str(), "success"]).inc();
-                if !user.preferred_chosen {
-                    user.preferred = Some(method);
-                }
-                Ok(Some(IssuedSession::new(token, session.expires_at, UserView::new(&user, enrolled))))
+                svc.commit_at_once(c, &ctx, &user, challenge, enrolled, at_once)
             })
             .await?;
         Ok(issued)
