@@ -399,6 +399,38 @@ fn a_totp_sign_in_commits_every_write_or_none() {
     }
 }
 
+/// Enrolls the passkey `cred-1` (transport `usb`) for `user`, with signature counter `sign_count`.
+fn enroll_passkey(store: &Store, tenant: TenantId, user: UserId, sign_count: i64) {
+    use latchkey_store::model::WebauthnCredential;
+    use latchkey_store::repo::webauthn;
+    let cred = WebauthnCredential {
+        tenant_id: tenant,
+        credential_id: "cred-1".into(),
+        user_id: user,
+        name: "Passkey 1".into(),
+        credential: "{}".into(),
+        sign_count,
+        transports: vec!["usb".into()],
+        backup_eligible: false,
+        created_at: now(),
+        last_used_at: None,
+    };
+    let en = Enrollment {
+        user_id: user,
+        method: Method::Webauthn,
+        secret_sealed: None,
+        last_step: None,
+        created_at: now(),
+        last_used_at: None,
+    };
+    store
+        .run_blocking(|c| {
+            webauthn::insert(c, &cred)?;
+            enrollments::upsert(c, tenant, &en)
+        })
+        .unwrap();
+}
+
 /// One attempt of a one-statement sign-in by `factor`, with two audit events and, when
 /// `notice`, a notice mail; the outcome.
 fn at_once(
@@ -534,7 +566,6 @@ fn a_recovery_code_sign_in_commits_every_write_or_none() {
 /// record, uses the ceremony up, ends the challenge and marks the enrollment used.
 #[test]
 fn a_passkey_sign_in_commits_every_write_or_none() {
-    use latchkey_store::model::WebauthnCredential;
     use latchkey_store::repo::challenges;
     use latchkey_store::repo::sign_in_at_once::{Factor, SignInOutcome};
     use latchkey_store::repo::webauthn;
@@ -548,32 +579,7 @@ fn a_passkey_sign_in_commits_every_write_or_none() {
     };
     for Scratch { store, .. } in stores() {
         let (tenant, user) = seed(&store);
-        let cred = WebauthnCredential {
-            tenant_id: tenant,
-            credential_id: "cred-1".into(),
-            user_id: user,
-            name: "Passkey 1".into(),
-            credential: "{}".into(),
-            sign_count: 5,
-            transports: vec![],
-            backup_eligible: false,
-            created_at: now(),
-            last_used_at: None,
-        };
-        let en = Enrollment {
-            user_id: user,
-            method: Method::Webauthn,
-            secret_sealed: None,
-            last_step: None,
-            created_at: now(),
-            last_used_at: None,
-        };
-        store
-            .run_blocking(|c| {
-                webauthn::insert(c, &cred)?;
-                enrollments::upsert(c, tenant, &en)
-            })
-            .unwrap();
+        enroll_passkey(&store, tenant, user, 5);
         let challenge = totp::open_challenge(&store, tenant, user);
         store.run_blocking(|c| challenges::set_ceremony(c, challenge, b"ceremony-a")).unwrap();
         if store.backend() == Backend::Sqlite {
@@ -772,8 +778,7 @@ fn an_open_challenge_is_read_with_its_user_and_every_enrollment() {
 /// nothing once the challenge has ended. Prepared once per connection, like every query.
 #[test]
 fn an_open_challenge_is_read_with_the_assertions_ceremony_and_credential() {
-    use latchkey_store::model::WebauthnCredential;
-    use latchkey_store::repo::{challenges, webauthn};
+    use latchkey_store::repo::challenges;
     for s in stores() {
         let store = &s.store;
         let (tenant, user) = seed(store);
@@ -789,33 +794,8 @@ fn an_open_challenge_is_read_with_the_assertions_ceremony_and_credential() {
         assert_eq!((open.challenge.id, open.user.id, open.enrollments.len()), (ch, user, 0), "{}", s.url);
         assert_eq!((open.ceremony, open.credential.is_none()), (None, true));
 
-        let cred = WebauthnCredential {
-            tenant_id: tenant,
-            credential_id: "cred-1".into(),
-            user_id: user,
-            name: "Passkey 1".into(),
-            credential: "{}".into(),
-            sign_count: 3,
-            transports: vec!["usb".into()],
-            backup_eligible: false,
-            created_at: now(),
-            last_used_at: None,
-        };
-        let en = Enrollment {
-            user_id: user,
-            method: Method::Webauthn,
-            secret_sealed: None,
-            last_step: None,
-            created_at: now(),
-            last_used_at: None,
-        };
-        store
-            .run_blocking(|c| {
-                webauthn::insert(c, &cred)?;
-                enrollments::upsert(c, tenant, &en)?;
-                challenges::set_ceremony(c, ch, b"sealed")
-            })
-            .unwrap();
+        enroll_passkey(store, tenant, user, 3);
+        store.run_blocking(|c| challenges::set_ceremony(c, ch, b"sealed")).unwrap();
         totp::enroll(store, tenant, user, 7);
         let open = read("cred-1").unwrap();
         assert_eq!(open.enrollments.len(), 2, "{}", s.url);
