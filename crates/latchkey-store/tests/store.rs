@@ -371,12 +371,6 @@ fn a_totp_sign_in_commits_every_write_or_none() {
         // Prepared once per connection (parsed and planned once), not sent as new SQL each time.
         let prepared = store
             .run_blocking(|c| {
-                use diesel::prelude::*;
-                #[derive(QueryableByName)]
-                struct Count {
-                    #[diesel(sql_type = diesel::sql_types::BigInt)]
-                    n: i64,
-                }
                 let s = SignInAtOnce {
                     user,
                     challenge: ChallengeId::new(),
@@ -390,13 +384,25 @@ fn a_totp_sign_in_commits_every_write_or_none() {
                 for _ in 0..3 {
                     assert_eq!(sign_in_at_once::commit(c, &s)?.0, SignInOutcome::Refused);
                 }
-                let q = "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE 'WITH p AS (SELECT%'";
-                let DbConn::Pg(pg) = c else { unreachable!() };
-                Ok(diesel::sql_query(q).get_result::<Count>(pg)?.n)
+                prepared_statements(c, "'WITH p AS (SELECT%'")
             })
             .unwrap();
         assert_eq!(prepared, 1);
     }
+}
+
+/// How many statements this Postgres connection has prepared whose text is `LIKE` the
+/// pattern (an SQL string literal; more `AND statement LIKE …` may follow).
+fn prepared_statements(c: &mut DbConn, like: &str) -> Result<i64, StoreError> {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let q = format!("SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE {like}");
+    let DbConn::Pg(pg) = c else { unreachable!() };
+    Ok(diesel::sql_query(q).get_result::<Count>(pg)?.n)
 }
 
 /// Enrolls the passkey `cred-1` (transport `usb`) for `user`, with signature counter `sign_count`.
@@ -809,19 +815,10 @@ fn an_open_challenge_is_read_with_the_assertions_ceremony_and_credential() {
         if store.backend() == Backend::Postgres {
             let prepared = store
                 .run_blocking(|c| {
-                    use diesel::prelude::*;
-                    #[derive(QueryableByName)]
-                    struct Count {
-                        #[diesel(sql_type = diesel::sql_types::BigInt)]
-                        n: i64,
-                    }
                     for _ in 0..3 {
                         challenges::open_for_assertion_by_token_hash(c, &hash, now(), "cred-1")?;
                     }
-                    let q = "SELECT count(*) AS n FROM pg_prepared_statements \
-                             WHERE statement LIKE '%webauthn_credentials%' AND statement LIKE '%\"ceremony\"%'";
-                    let DbConn::Pg(pg) = c else { unreachable!() };
-                    Ok(diesel::sql_query(q).get_result::<Count>(pg)?.n)
+                    prepared_statements(c, "'%\"ceremony\"%' AND statement LIKE '%webauthn_credentials%'")
                 })
                 .unwrap();
             assert_eq!(prepared, 1);
