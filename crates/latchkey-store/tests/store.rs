@@ -742,9 +742,9 @@ fn challenges_and_sessions_keep_only_the_indexes_their_queries_need() {
     }
 }
 
-/// The challenge read of a TOTP or recovery-code verification brings every enrollment of the user with the
-/// open challenge (none, one, two: one joined row each), and nothing once it has ended or
-/// for a hash that is not its token's.
+/// The challenge read of a TOTP or recovery-code verification brings every enrollment of the
+/// user with the open challenge (none, one, two: one joined row each), and nothing once it
+/// has ended or for a hash that is not its token's.
 #[test]
 fn an_open_challenge_is_read_with_its_user_and_every_enrollment() {
     use latchkey_store::repo::challenges;
