@@ -190,7 +190,8 @@ const SQL_COMMON: &str = ", ended AS (
     FROM p WHERE EXISTS (SELECT 1 FROM accepted)
 ), notice AS (
     INSERT INTO deliveries
-        (id, tenant_id, kind, state, attempts, payload, expires_at, next_attempt_at, lease_until, created_at, updated_at)
+        (id, tenant_id, kind, state, attempts, payload, expires_at, next_attempt_at, lease_until,
+         created_at, updated_at)
     SELECT p.notice_id, p.tenant_id, p.notice_kind, 'pending', 0, p.notice_payload, p.notice_expires_at, p.now,
         p.notice_lease_until, p.now, p.now
     FROM p WHERE p.notice_id IS NOT NULL AND EXISTS (SELECT 1 FROM accepted)

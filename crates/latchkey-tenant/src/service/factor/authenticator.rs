@@ -132,8 +132,9 @@ impl Service {
     /// together by [`Service::locate_with_enrollments`], then this): checks the code (RFC
     /// 6238, ±1 step, above the last accepted step) and commits the whole sign-in in one
     /// statement ([`Service::commit_at_once`]), which rechecks the step the read saw. `None`
-    /// when the code is not accepted or the statement refused (blocked user, ended challenge, replayed step): the portable path then decides,
-    /// under the user's lock, and counts a wrong code.
+    /// when the code is not accepted or the statement refused (blocked user, ended challenge,
+    /// replayed step): the portable path then decides, under the user's lock, and counts a
+    /// wrong code.
     pub(in crate::service) async fn verify_totp_at_once(
         &self,
         ctx: &RequestCtx,
